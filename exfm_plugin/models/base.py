@@ -6,14 +6,18 @@ its forward pass at the point where the paper's "backbone output vector" lives.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from fuxictr.pytorch.models import BaseModel
 
+from ..metrics import ExFMMetricsMixin
+
 LOGIT_LOSSES = {"bce", "binary_crossentropy", "binary_cross_entropy"}
 
 
-class ExFMModel(BaseModel):
+class ExFMModel(ExFMMetricsMixin, BaseModel):
     """A FuxiCTR ranking model split into a backbone and a serving head.
 
     Subclasses implement :meth:`backbone` and :meth:`serving_head`; ``forward`` composes
@@ -50,6 +54,14 @@ class ExFMModel(BaseModel):
         if getattr(self, "_loss_name", None) in LOGIT_LOSSES and "logit" in return_dict:
             return F.binary_cross_entropy_with_logits(return_dict["logit"], y_true)
         return super().add_loss(return_dict, y_true)
+
+    def compute_loss(self, return_dict, y_true):
+        self.observe_training_labels(y_true)  # compute_loss runs only in training: NE's base rate
+        return super().compute_loss(return_dict, y_true)
+
+    def fit(self, data_generator, epochs=1, validation_data=None, max_gradient_norm=10., **kwargs):
+        os.makedirs(self.model_dir, exist_ok=True)  # fuxictr saves checkpoints there
+        return super().fit(data_generator, epochs, validation_data, max_gradient_norm, **kwargs)
 
     def serving_parameter_count(self) -> int:
         """Number of parameters of the serving model (trainable or frozen)."""

@@ -1,0 +1,208 @@
+"""ExFMStudent: puts the paper's auxiliary heads and Student Adapter on any ExFM VM.
+
+The wrapper is itself a fuxictr ``BaseModel`` so ``fit`` / ``evaluate`` / ``predict`` work
+unchanged; ``forward`` is the VM's serving path alone, and :func:`export_serving_model`
+returns the bare VM, so serving pays nothing for the method.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+
+import torch
+from fuxictr.pytorch.models import BaseModel
+from fuxictr.pytorch.torch_utils import get_optimizer
+from torch import nn
+
+from ..metrics import ExFMMetricsMixin
+from ..models.base import check_protocol
+from .config import DistillConfig
+from .grad_scale import grad_scale
+from .heads import DistillationHead, StudentAdapter
+from .losses import check_teacher_probs, h, scale_labels
+
+logger = logging.getLogger(__name__)
+
+
+def dummy_batch(feature_map, rows: int = 2) -> dict[str, torch.Tensor]:
+    """All-padding inputs for every feature, used to read the backbone's output width."""
+    batch = {}
+    for name, spec in feature_map.features.items():
+        kind = spec["type"]
+        if kind == "meta":
+            continue
+        if kind == "numeric":
+            batch[name] = torch.zeros(rows)
+        elif kind == "sequence":
+            batch[name] = torch.zeros(rows, spec["max_len"], dtype=torch.long)
+        elif kind == "embedding":
+            batch[name] = torch.zeros(rows, spec["pretrain_dim"])
+        else:
+            batch[name] = torch.zeros(rows, dtype=torch.long)
+    return batch
+
+
+def backbone_dim(vm) -> int:
+    """Width of the VM's backbone vector x, read from one forward pass on padding inputs."""
+    was_training = vm.training
+    vm.eval()
+    with torch.no_grad():
+        x = vm.backbone(vm.get_inputs(dummy_batch(vm.feature_map)))
+    vm.train(was_training)
+    if x.dim() != 2:
+        raise TypeError(f"vm={type(vm).__name__}.backbone must return a (batch, dim) tensor, "
+                        f"got shape {tuple(x.shape)}")
+    return int(x.shape[1])
+
+
+def _init_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):  # fuxictr's default init for dense layers
+        nn.init.xavier_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class ExFMStudent(ExFMMetricsMixin, BaseModel):
+    """A VM trained with ``none | kd | ah | ah_sa`` (SPEC.md, Algorithm 1)."""
+
+    def __init__(self, vm, config: DistillConfig | None = None, model_id: str | None = None,
+                 optimizer: str | None = None, learning_rate: float | None = None):
+        check_protocol(vm)
+        if config is not None and not isinstance(config, DistillConfig):
+            raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
+        config = config or DistillConfig()
+        gpu = vm.device.index if vm.device.type == "cuda" else -1
+        super().__init__(vm.feature_map,
+                         model_id=model_id or f"{vm.model_id}_{config.method}",
+                         gpu=gpu,
+                         verbose=vm._verbose,
+                         model_root=os.path.dirname(vm.model_dir),
+                         metrics=vm.validation_metrics)
+        for attr in ("_monitor", "_monitor_mode", "_early_stop_patience", "_eval_steps",
+                     "_save_best_only", "_reduce_lr_on_plateau", "output_activation"):
+            setattr(self, attr, getattr(vm, attr))
+        self.config = config
+        self.vm = vm
+        self.distill_head = self.adapter_head = self.adapter = None
+        if config.uses_aux_head:
+            dim = backbone_dim(vm)
+            self.distill_head = DistillationHead(dim, config.head_hidden_units, config.head_activation)
+            if config.uses_adapter:
+                self.adapter_head = DistillationHead(dim, config.head_hidden_units, config.head_activation)
+            for head in (self.distill_head, self.adapter_head):
+                if head is not None:
+                    head.apply(_init_linear)
+        if config.uses_adapter:
+            self.adapter = StudentAdapter(config.adapter_hidden_units, config.adapter_input,
+                                          config.adapter_residual, config.adapter_eps)
+        self.last_loss_terms: dict[str, float] = {}
+        self._max_gradient_norm = 10.0  # fuxictr sets it in fit(); train_step may run without
+        vm_opt = getattr(vm, "optimizer", None)
+        self.compile(optimizer or (type(vm_opt).__name__ if vm_opt else "Adam"),
+                     learning_rate or (vm_opt.param_groups[0]["lr"] if vm_opt else 1e-3))
+        self.to(self.device)
+
+    # ---- set-up -------------------------------------------------------------------------
+    def compile(self, optimizer, lr, loss=None):
+        """One optimizer for the VM and its heads, a separate Adam for the adapter: the
+        adapter is trained only by its own loss (Algorithm 1, step 1)."""
+        self.optimizer = get_optimizer(optimizer, self.student_parameters(), lr)
+        self.adapter_optimizer = (torch.optim.Adam(self.adapter.parameters(), lr=self.config.adapter_lr)
+                                  if self.adapter is not None else None)
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        """Parameters updated by the VM loss: the VM's and the distillation heads'."""
+        params = list(self.vm.parameters())
+        for head in (self.distill_head, self.adapter_head):
+            if head is not None:
+                params += list(head.parameters())
+        return params
+
+    # ---- serving path -------------------------------------------------------------------
+    def forward(self, inputs):
+        """Serving prediction only: the VM's own output; the heads never touch it."""
+        return self.vm(inputs)
+
+    def get_inputs(self, inputs, feature_source=None):
+        return self.vm.get_inputs(inputs, feature_source)
+
+    def get_labels(self, inputs):
+        return self.vm.get_labels(inputs)
+
+    def regularization_loss(self):
+        """The VM's own regularizers; heads and adapter are not regularized."""
+        return self.vm.regularization_loss()
+
+    # ---- training -----------------------------------------------------------------------
+    def teacher_probs(self, inputs) -> torch.Tensor:
+        column = self.config.fm_pred_column
+        if column not in inputs:
+            raise KeyError(f"method={self.config.method!r} needs the FM supervision column "
+                           f"{column!r} in every training batch; the batch has {sorted(inputs)}")
+        p = inputs[column].to(self.device).float().view(-1, 1)
+        check_teacher_probs(p, column)
+        return p
+
+    def adapter_step(self, p_teacher: torch.Tensor, y: torch.Tensor) -> float:
+        """Algorithm 1 step 1: update SA alone on L_sta = h(SA(p_F), y)."""
+        self.adapter_optimizer.zero_grad()
+        loss = h(self.adapter(p_teacher), y)
+        loss.backward()
+        self.adapter_optimizer.step()
+        self.adapter_optimizer.zero_grad()
+        return float(loss.detach())
+
+    def loss_terms(self, inputs, p_teacher: torch.Tensor | None = None,
+                   t_adapter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The VM loss pieces for one batch (no parameter update)."""
+        cfg = self.config
+        X = self.vm.get_inputs(inputs)
+        y = self.get_labels(inputs)
+        x = self.vm.backbone(X)
+        z_s = self.vm.serving_head(x)
+        terms = {"serving": h(z_s, y)}
+        if cfg.method == "kd":
+            terms["kd"] = h(z_s, p_teacher)
+        if cfg.uses_aux_head:
+            x_d = grad_scale(x, cfg.grad_scale)
+            terms["aux"] = cfg.loss_weight * h(self.distill_head(x_d), scale_labels(p_teacher, cfg.label_scale))
+            if cfg.uses_adapter:
+                terms["adapter_head"] = h(self.adapter_head(x_d), t_adapter)
+        return terms
+
+    def train_step(self, batch_data):
+        cfg = self.config
+        y = self.get_labels(batch_data)
+        self.observe_training_labels(y)
+        p_teacher = self.teacher_probs(batch_data) if cfg.uses_teacher else None
+        t_adapter = None
+        logged = {}
+        if cfg.uses_adapter:
+            logged["adapter"] = self.adapter_step(p_teacher, y)
+            with torch.no_grad():  # stop-gradient: the VM loss never reaches SA
+                t_adapter = torch.sigmoid(self.adapter(p_teacher))
+        self.optimizer.zero_grad()
+        terms = self.loss_terms(batch_data, p_teacher, t_adapter)
+        loss = sum(terms.values()) + self.regularization_loss()
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.student_parameters(), self._max_gradient_norm)
+        self.optimizer.step()
+        logged.update({k: float(v.detach()) for k, v in terms.items()})
+        logged["total"] = float(loss.detach())
+        self.last_loss_terms = logged
+        return loss
+
+    def fit(self, data_generator, epochs=1, validation_data=None, max_gradient_norm=10., **kwargs):
+        os.makedirs(self.model_dir, exist_ok=True)
+        return super().fit(data_generator, epochs, validation_data, max_gradient_norm, **kwargs)
+
+
+def export_serving_model(student: ExFMStudent):
+    """The plain VM for serving: same class and parameters as the wrapped VM, no heads,
+    no adapter, so its cost equals the same VM trained with ``none``."""
+    if not isinstance(student, ExFMStudent):
+        raise TypeError(f"expected an ExFMStudent, got {type(student).__name__}")
+    vm = copy.deepcopy(student.vm)
+    vm.eval()
+    return vm
