@@ -1,4 +1,6 @@
 # One virtual environment, built from nothing with the pinned CPU torch, serves every target.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,8 +13,8 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,zk,plots]'
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,zk,plots]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	touch $(STAMP)
 
 test: $(STAMP)
