@@ -1,0 +1,119 @@
+"""Hard-parameter-shared multi-task DMIN: the teacher FM of the paper's Table 5 (KuaiVideo:
+click, like, follow).
+
+One shared bottom (the DMIN representation: ``DMINEncoder``, whose last DNN hidden layer is
+``backbone(X)``), then one tower MLP and one logit per label in ``feature_map.labels``.
+It follows fuxictr's ``MultiTaskModel``: ``forward`` returns ``{f"{label}_pred": probability}``
+for every label (plus ``f"{label}_logit"``), ``get_labels`` returns one tensor per label, and
+``evaluate`` reports ``{label}_{metric}`` plus the mean over tasks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from fuxictr.pytorch.layers import MLP_Block
+from fuxictr.pytorch.models import MultiTaskModel
+
+from .base import LOGIT_LOSSES
+from .dmin_layers import DMINEncoder
+
+
+class MultiTaskDMIN(MultiTaskModel):
+    def __init__(self,
+                 feature_map,
+                 model_id: str = "MultiTaskDMIN",
+                 gpu: int = -1,
+                 task="binary_classification",
+                 num_tasks: int | None = None,
+                 loss_weight="EQ",
+                 learning_rate: float = 1e-3,
+                 embedding_dim: int = 10,
+                 dnn_hidden_units: list[int] = [512, 128, 64],
+                 dnn_activations="ReLU",
+                 tower_hidden_units: list[int] = [64],
+                 tower_activations="ReLU",
+                 attention_hidden_units: list[int] = [64],
+                 attention_activation="Dice",
+                 attention_dropout: float = 0,
+                 net_dropout: float = 0,
+                 batch_norm: bool = False,
+                 bn_only_once: bool = False,
+                 layer_norm: bool = True,
+                 num_heads: int = 4,
+                 enable_sum_pooling: bool = False,
+                 target_field=[("item_id", "cate_id")],
+                 sequence_field=[("click_history", "cate_history")],
+                 use_pos_emb: bool = True,
+                 pos_emb_dim: int = 8,
+                 use_behavior_refiner: bool = True,
+                 embedding_regularizer=None,
+                 net_regularizer=None,
+                 **kwargs):
+        labels = list(feature_map.labels)
+        if num_tasks is None:
+            num_tasks = len(labels)
+        if num_tasks != len(labels) or num_tasks < 1:
+            raise ValueError(f"num_tasks={num_tasks} must equal the number of labels in the "
+                             f"feature map ({labels})")
+        if not (loss_weight == "EQ" or (isinstance(loss_weight, (list, tuple))
+                                        and len(loss_weight) == num_tasks)):
+            raise ValueError(f"loss_weight={loss_weight!r}: expected 'EQ' or a list of "
+                             f"{num_tasks} weights, one per label {labels}")
+        super().__init__(feature_map, model_id=model_id, task=task, num_tasks=num_tasks,
+                         loss_weight=loss_weight, gpu=gpu,
+                         embedding_regularizer=embedding_regularizer,
+                         net_regularizer=net_regularizer, **kwargs)
+        self.encoder = DMINEncoder(feature_map, embedding_dim, target_field, sequence_field,
+                                   num_heads=num_heads, use_behavior_refiner=use_behavior_refiner,
+                                   layer_norm=layer_norm, attention_hidden_units=attention_hidden_units,
+                                   attention_activation=attention_activation,
+                                   attention_dropout=attention_dropout, use_pos_emb=use_pos_emb,
+                                   pos_emb_dim=pos_emb_dim, enable_sum_pooling=enable_sum_pooling,
+                                   dnn_hidden_units=dnn_hidden_units, dnn_activations=dnn_activations,
+                                   net_dropout=net_dropout, batch_norm=batch_norm,
+                                   bn_only_once=bn_only_once)
+        self.towers = nn.ModuleList(
+            MLP_Block(input_dim=self.encoder.output_dim, hidden_units=list(tower_hidden_units),
+                      hidden_activations=tower_activations, output_dim=1,
+                      dropout_rates=net_dropout, batch_norm=batch_norm)
+            for _ in range(num_tasks))
+        self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
+        self._loss_name = kwargs["loss"] if isinstance(kwargs["loss"], str) else None
+        self.reset_parameters()
+        self.model_to_device()
+
+    def get_inputs(self, inputs, feature_source=None):
+        """Like fuxictr's, but ignores batch columns that are not features (``fm_pred/...``)."""
+        known = {k: v for k, v in inputs.items() if k in self.feature_map.features}
+        return super().get_inputs(known, feature_source)
+
+    def backbone(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Feature dict -> shared-bottom vector (B, d)."""
+        return self.encoder(X)
+
+    def task_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shared-bottom vector -> one (B, 1) logit per label, in feature_map.labels order."""
+        return {label: tower(x) for label, tower in zip(self.feature_map.labels, self.towers)}
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.task_logits(self.backbone(self.get_inputs(inputs)))
+        out = {}
+        for i, (label, logit) in enumerate(logits.items()):
+            out[f"{label}_logit"] = logit
+            out[f"{label}_pred"] = self.output_activation[i](logit)
+        return out
+
+    def add_loss(self, return_dict, y_true):
+        """Per-label loss (from logits for BCE, finite when saturated), then 'EQ' sum or the
+        configured per-label weights."""
+        labels = self.feature_map.labels
+        losses = []
+        for i, label in enumerate(labels):
+            if self._loss_name in LOGIT_LOSSES:
+                losses.append(F.binary_cross_entropy_with_logits(return_dict[f"{label}_logit"], y_true[i]))
+            else:
+                losses.append(self.loss_fn[i](return_dict[f"{label}_pred"], y_true[i], reduction="mean"))
+        if self.loss_weight == "EQ":
+            return torch.stack(losses).sum()
+        return sum(float(w) * l for w, l in zip(self.loss_weight, losses))
