@@ -1,0 +1,69 @@
+"""The ``exfm`` command. Subcommands are added as their stages are built.
+
+    exfm prep --dataset taobaoad|amazon|kuaivideo --source raw|bars|synthetic \\
+              --input DIR --out DIR [--seed N] [--size tiny|small|medium|full]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+
+def _add_prep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prep", help="read a dataset's files into 8 HDF5 day files + fuxictr feature map",
+                       description="Read raw, BARS or synthetic files of a dataset, cut them into the "
+                                   "paper's 8 days, fit the vocabulary and write one HDF5 file per day.")
+    p.add_argument("--dataset", required=True, choices=["taobaoad", "amazon", "kuaivideo"])
+    p.add_argument("--source", required=True, choices=["raw", "bars", "synthetic"])
+    p.add_argument("--input", default=None, metavar="DIR",
+                   help="directory with the dataset files (synthetic: where to write them; "
+                        "default <out>/raw/<dataset>)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output root; files go to DIR/<dataset_id>/")
+    p.add_argument("--seed", type=int, default=0, help="seed of negative sampling / synthetic data")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "medium", "full"],
+                   help="synthetic data size")
+    p.add_argument("--vocab-days", default=None,
+                   help="days the vocabulary is fitted on: 'all' or e.g. '1,2,3,4' (default days 1..4)")
+    p.add_argument("--dataset-id", default=None, help="name of the output dataset (default <dataset>_<source>)")
+    p.set_defaults(func=_run_prep)
+
+
+def _run_prep(args: argparse.Namespace) -> int:
+    from data_prep.errors import DataFormatError
+    from data_prep.prepare import prepare
+
+    policy = args.vocab_days
+    if policy not in (None, "all"):
+        policy = [int(x) for x in policy.split(",") if x.strip()]
+    try:
+        summary = prepare(args.dataset, args.source, args.input, args.out, seed=args.seed, size=args.size,
+                          vocab_policy=policy, dataset_id=args.dataset_id)
+    except DataFormatError as e:
+        print(f"exfm prep: bad input: {e}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every built subcommand."""
+    parser = argparse.ArgumentParser(prog="exfm", description="ExFM for FuxiCTR: data, teachers, students.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_prep(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``exfm`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
