@@ -136,6 +136,22 @@ def test_training_decreases_loss(case, data, tmp_path):
 
 # ----------------------------------------------------------------------------- FM family
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_embedding_table_keeps_torch_default_init(case, data, tmp_path):
+    """fuxictr's default embedding init is N(0, 1e-4); torch's N(0, 1) default (which fuxictr
+    leaves on unshared sequence tables of the first-order term) would start the logit at
+    +-10 for a 6-long history. Every trainable feature table must start small."""
+    from fuxictr.pytorch.layers import FeatureEmbeddingDict
+    name, overrides = CASES[case]
+    model = build(name, data.feature_map, tmp_path, **overrides)
+    tables = [(f"{n}.{feature}", table) for n, m in model.named_modules()
+              if isinstance(m, FeatureEmbeddingDict) for feature, table in m.embedding_layers.items()
+              if isinstance(table, nn.Embedding) and table.weight.requires_grad]
+    assert tables
+    for module_name, table in tables:
+        assert float(table.weight.std()) < 0.01, module_name
+
+
 def randomize_embeddings(model, std: float = 0.3, seed: int = 1) -> None:
     """The default init (std 1e-4) makes every pairwise term ~1e-8, which no equality test
     could tell apart from zero: give the tables real values first."""

@@ -10,7 +10,9 @@ import os
 
 import torch
 import torch.nn.functional as F
+from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from fuxictr.pytorch.models import BaseModel
+from torch import nn
 
 from ..metrics import ExFMMetricsMixin
 
@@ -59,6 +61,12 @@ class ExFMModel(ExFMMetricsMixin, BaseModel):
         self.observe_training_labels(y_true)  # compute_loss runs only in training: NE's base rate
         return super().compute_loss(return_dict, y_true)
 
+    def reset_parameters(self):
+        super().reset_parameters()
+        for module in self.modules():
+            if isinstance(module, FeatureEmbeddingDict):
+                init_unshared_sequence_tables(module)
+
     def fit(self, data_generator, epochs=1, validation_data=None, max_gradient_norm=10., **kwargs):
         os.makedirs(self.model_dir, exist_ok=True)  # fuxictr saves checkpoints there
         return super().fit(data_generator, epochs, validation_data, max_gradient_norm, **kwargs)
@@ -66,6 +74,30 @@ class ExFMModel(ExFMMetricsMixin, BaseModel):
     def serving_parameter_count(self) -> int:
         """Number of parameters of the serving model (trainable or frozen)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def init_unshared_sequence_tables(embedding: FeatureEmbeddingDict) -> None:
+    """Initialise tables that fuxictr 2.3.10 leaves at torch's N(0, 1) default.
+
+    ``FeatureEmbeddingDict.init_weights`` skips every feature whose spec names a
+    ``share_embedding`` target, assuming the table is the target's. With ``use_sharing=False``
+    (as in ``LogisticRegression``) such a feature gets its own table, which then keeps N(0, 1)
+    weights: a 50-long behaviour sequence sum-pooled over them starts the first-order term at
+    a logit of about +-10. Those tables get the layer's own initializer here.
+    """
+    features = embedding._feature_map.features
+    for name, table in embedding.embedding_layers.items():
+        target = features[name].get("share_embedding")
+        if target is None or not isinstance(table, nn.Embedding):
+            continue
+        if target in embedding.embedding_layers and embedding.embedding_layers[target] is table:
+            continue  # really shared: the target's initialisation already covered it
+        with torch.no_grad():
+            if table.padding_idx is not None:
+                embedding.embedding_initializer(table.weight[1:, :])
+                table.weight[table.padding_idx].zero_()
+            else:
+                embedding.embedding_initializer(table.weight)
 
 
 def check_protocol(model: object) -> None:
