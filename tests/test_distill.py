@@ -135,6 +135,7 @@ def test_export_has_baseline_cost_and_same_predictions(tmp_path, tiny, method):
     assert served.serving_parameter_count() == baseline.serving_parameter_count()
     assert [k for k in served.state_dict()] == [k for k in baseline.state_dict()]
     assert np.array_equal(served.predict(tiny.batches(512)), student.predict(tiny.batches(512)))
+    assert served.train_label_mean == pytest.approx(float(tiny.columns["click"].mean()), rel=1e-6)
     if method != "none":
         assert sum(p.numel() for p in student.parameters()) > baseline.serving_parameter_count()
 

@@ -204,5 +204,6 @@ def export_serving_model(student: ExFMStudent):
     if not isinstance(student, ExFMStudent):
         raise TypeError(f"expected an ExFMStudent, got {type(student).__name__}")
     vm = copy.deepcopy(student.vm)
+    vm.train_label_mean = student.train_label_mean  # NE of the served model keeps its base rate
     vm.eval()
     return vm
