@@ -1,0 +1,275 @@
+"""The DAS metadata store: the paper's "Zeus" (current snapshot pointer with a lease) and work shards.
+
+All DAS tasks are equal (no primary), so every piece of coordination goes through this store as an
+atomic compare-and-set: two updaters racing to publish a snapshot, or two workers racing for a
+shard, always produce exactly one winner, and any task may die at any time.
+
+Two backends behind one contract (``tests/test_metastore.py`` runs the same tests on both):
+
+* ``sqlite:///abs/path.db`` or a plain file path: :class:`~.metastore_sqlite.SqliteMetadataStore`,
+  the embedded default, safe across processes of one machine (WAL, ``BEGIN IMMEDIATE``).
+* ``zk://host:port[,host:port]/chroot/path``: :class:`~.metastore_zk.ZkMetadataStore` on a real
+  ZooKeeper (kazoo), for tasks on several machines.
+
+Leases are absolute unix times computed from the *caller's* wall clock (``time.time()``), as in
+kazoo's lease recipe: tasks sharing a store need roughly synchronised clocks (NTP), and a lease
+should be much longer than the expected clock skew.
+"""
+from __future__ import annotations
+
+import abc
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = [
+    "LeaseLostError",
+    "MetadataStore",
+    "MetastoreError",
+    "MetastoreUnavailable",
+    "ShardState",
+    "SnapshotLease",
+    "open_metastore",
+]
+
+PENDING, CLAIMED, DONE = "pending", "claimed", "done"
+SHARD_STATES = (PENDING, CLAIMED, DONE)
+
+
+class MetastoreError(RuntimeError):
+    """Base class of the metadata store's errors."""
+
+
+class MetastoreUnavailable(MetastoreError):
+    """The store cannot be reached (server down, timeout, database busy for too long)."""
+
+
+class LeaseLostError(MetastoreError):
+    """A write that depends on a lease was refused because the lease may have been lost.
+
+    Raised (ZooKeeper) while the connection is suspended or after the session was lost and
+    before it was re-verified, or when the connection dropped during the write. Nothing was
+    written on a stale lease: the caller must stop relying on the lease, re-read the state
+    (:meth:`MetadataStore.get_current`, :meth:`MetadataStore.job_status`) and claim again.
+    """
+
+
+@dataclass(frozen=True)
+class SnapshotLease:
+    """The current snapshot pointer: which FM snapshot DAS uses, and until when it is leased.
+
+    ``version`` starts at 1 and increases by one on every change (set or lease extension);
+    pass it back as ``expected_version`` to compare-and-set.
+    """
+
+    snapshot_id: str
+    version: int
+    lease_expires_at: float
+    owner: str
+    updated_at: float
+
+    def expired(self, now: float | None = None) -> bool:
+        """True once the lease has run out (``now >= lease_expires_at``)."""
+        return (time.time() if now is None else now) >= self.lease_expires_at
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """One work shard of a job: ``state`` is pending, claimed or done.
+
+    A claimed shard whose lease has expired keeps ``state == "claimed"`` until another owner
+    claims it; :meth:`claimable` tells whether :meth:`MetadataStore.claim_shard` may take it.
+    """
+
+    shard_id: str
+    state: str
+    owner: str | None
+    lease_expires_at: float | None
+    attempts: int
+
+    def claimable(self, now: float | None = None) -> bool:
+        """True if pending, or claimed with an expired lease."""
+        if self.state == PENDING:
+            return True
+        if self.state == CLAIMED and self.lease_expires_at is not None:
+            return (time.time() if now is None else now) >= self.lease_expires_at
+        return False
+
+
+def validate_name(kind: str, value: str) -> str:
+    """Check an id used as a key (a ZooKeeper node name): both backends accept the same ids."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{kind} must be a non-empty string, got {value!r}")
+    if value in (".", "..") or "/" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{kind} {value!r} may not be '.', '..', contain '/' or control characters")
+    if len(value.encode("utf-8")) > 200:
+        raise ValueError(f"{kind} {value!r} is longer than 200 bytes")
+    return value
+
+
+def validate_lease(lease_seconds: float) -> float:
+    """A lease must be a positive, finite number of seconds."""
+    if not isinstance(lease_seconds, (int, float)) or not math.isfinite(lease_seconds) or lease_seconds <= 0:
+        raise ValueError(f"lease_seconds must be a positive number, got {lease_seconds!r}")
+    return float(lease_seconds)
+
+
+class MetadataStore(abc.ABC):
+    """Strongly consistent DAS metadata: the current snapshot with a lease, and leased work shards.
+
+    Every method is atomic. Times are unix seconds from the caller's wall clock.
+    Usable as a context manager (closes on exit). One object may be shared by threads.
+    """
+
+    url: str
+
+    # ---- current snapshot pointer (Zeus) -------------------------------------------------
+    @abc.abstractmethod
+    def get_current(self) -> SnapshotLease | None:
+        """The current snapshot and its lease, or None if none was ever set."""
+
+    @abc.abstractmethod
+    def compare_and_set_current(
+        self, snapshot_id: str, *, expected_version: int | None, owner: str, lease_seconds: float
+    ) -> bool:
+        """Make ``snapshot_id`` current with a fresh lease if the pointer is still at ``expected_version``.
+
+        ``expected_version=None`` means "no current snapshot yet". Of racing updaters that read the
+        same version exactly one wins; the others get False and should re-read. The replaced
+        snapshot (if different) is remembered with its lease expiry for garbage collection; a
+        snapshot that becomes current again is no longer a GC candidate. Setting the same
+        snapshot again is allowed (a lease takeover by ``owner``).
+        """
+
+    @abc.abstractmethod
+    def extend_lease(self, snapshot_id: str, *, owner: str, lease_seconds: float) -> bool:
+        """Extend the lease of ``snapshot_id`` to at least now + ``lease_seconds`` while it is current.
+
+        Returns False if another snapshot is current (nothing written). Any task may extend (no
+        primary); ``owner`` records who did. Never shortens a lease. Versioned write: an
+        extension racing with a replacement never resurrects the replaced snapshot.
+        Raises :class:`LeaseLostError` when the store cannot vouch for its connection (ZooKeeper).
+        """
+
+    @abc.abstractmethod
+    def expired_snapshots(self, now: float | None = None) -> list[str]:
+        """Previously-current snapshots whose lease has run out and that are not current (GC candidates)."""
+
+    @abc.abstractmethod
+    def mark_collected(self, snapshot_id: str) -> bool:
+        """Forget an expired, non-current snapshot; True if it was one and is now forgotten.
+
+        Call it *before* deleting the snapshot's files and delete them only on True: the check
+        (expired and not current) and the removal are one atomic step, so a snapshot that became
+        current again in between is never collected.
+        """
+
+    # ---- work shards ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def register_shards(self, job_id: str, shard_ids: Iterable[str]) -> None:
+        """Add the shards of a job as pending; shards already known keep their state (idempotent)."""
+
+    @abc.abstractmethod
+    def claim_shard(self, job_id: str, owner: str, lease_seconds: float) -> str | None:
+        """Atomically claim a pending shard, or one whose claim lease has expired; None if none is left.
+
+        Two owners never hold the same shard at the same time. Shards are offered in id order.
+        """
+
+    @abc.abstractmethod
+    def renew_shard(self, job_id: str, shard_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s claim to now + ``lease_seconds``; False if it no longer holds an unexpired claim.
+
+        Raises :class:`LeaseLostError` when the store cannot vouch for its connection (ZooKeeper).
+        """
+
+    @abc.abstractmethod
+    def complete_shard(self, job_id: str, shard_id: str, owner: str) -> bool:
+        """Mark the shard done if ``owner`` still holds an unexpired claim; a done shard is never claimed again.
+
+        False (nothing written) if the claim expired or was taken over: the work must be treated
+        as not delivered. Raises :class:`LeaseLostError` when the store cannot vouch for its
+        connection (ZooKeeper); check :meth:`job_status` after reconnecting.
+        """
+
+    @abc.abstractmethod
+    def job_status(self, job_id: str) -> dict[str, ShardState]:
+        """Every shard of the job by id (empty for an unknown job)."""
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    @property
+    def lease_possibly_lost(self) -> bool:
+        """True while the store cannot vouch that leases it wrote are still valid (connection trouble)."""
+        return False
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+
+    def __enter__(self) -> "MetadataStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+_FORMS = "sqlite:///path.db, a file path, or zk://host:port/path"
+
+
+def _float_param(query: dict[str, list[str]], name: str, url: str) -> float | None:
+    if name not in query:
+        return None
+    try:
+        value = float(query[name][-1])
+    except ValueError:
+        raise ValueError(f"metastore url {url!r}: {name} must be a number of seconds") from None
+    if not value > 0:
+        raise ValueError(f"metastore url {url!r}: {name} must be positive")
+    return value
+
+
+def open_metastore(url: str, *, connect_timeout: float | None = None) -> MetadataStore:
+    """Open the store named by ``url`` (the CLI's ``--metastore``).
+
+    * ``sqlite:///abs/path.db`` (``sqlite://rel/path.db`` is relative) or a plain file path: SQLite.
+    * ``zk://host:port[,host:port]/chroot/path``: ZooKeeper; the chroot (default ``/exfm``) is
+      created if missing. Query parameters ``connect_timeout`` (default 5 s), ``session_timeout``
+      (10 s) and ``op_timeout`` (10 s) tune it; the ``connect_timeout`` argument overrides the URL's.
+      Raises :class:`MetastoreUnavailable` if no server answers within the connect timeout.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError(f"metastore url must be a non-empty string ({_FORMS}), got {url!r}")
+    url = url.strip()
+    if url.startswith("zk://"):
+        from .metastore_zk import ZkMetadataStore
+
+        parts = urlsplit(url)
+        if not parts.netloc:
+            raise ValueError(f"metastore url {url!r}: expected zk://host:port[,host:port]/chroot/path")
+        query = parse_qs(parts.query)
+        unknown = set(query) - {"connect_timeout", "session_timeout", "op_timeout"}
+        if unknown:
+            raise ValueError(f"metastore url {url!r}: unknown parameters {sorted(unknown)}")
+        kwargs = {k: v for k in ("connect_timeout", "session_timeout", "op_timeout")
+                  if (v := _float_param(query, k, url)) is not None}
+        if connect_timeout is not None:
+            kwargs["connect_timeout"] = connect_timeout
+        return ZkMetadataStore(parts.netloc, parts.path or "/exfm", url=url, **kwargs)
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://"):]
+        if path.startswith("//"):  # sqlite:////abs/path
+            path = path[1:]
+    elif "://" in url:
+        raise ValueError(f"metastore url {url!r}: unsupported scheme (use {_FORMS})")
+    else:
+        path = url
+    if not path or path.endswith("/") or path == ":memory:":
+        raise ValueError(f"metastore url {url!r}: needs a database file path (an in-memory database cannot be shared)")
+    from .metastore_sqlite import SqliteMetadataStore
+
+    return SqliteMetadataStore(path, url=url)
