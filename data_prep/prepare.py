@@ -102,8 +102,8 @@ def _rates(frame: pl.DataFrame, by: str, labels: list[str], keys: Iterable[Any])
 
 
 def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, seed: int = 0,
-            size: str = "tiny", vocab_policy: str | Iterable[int] | None = None,
-            dataset_id: str | None = None) -> PrepSummary:
+            size: str | int = "tiny", vocab_policy: str | Iterable[int] | None = None,
+            dataset_id: str | None = None, drift: float = 1.0) -> PrepSummary:
     """Prepare ``dataset`` from ``source`` files into 8 HDF5 day files under ``out_dir``.
 
     ``source="synthetic"`` first writes raw-format files with ``data_prep.synthetic``
@@ -115,7 +115,7 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
     start = time.perf_counter()
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
-    if size not in SIZES:
+    if not isinstance(size, int) and size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
     dataset_id = dataset_id or f"{dataset}_{source}"
     out = Path(out_dir)
@@ -125,7 +125,7 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
 
         raw_dir = Path(input_dir) if input_dir else out / "raw" / dataset
         logger.info("writing synthetic %s raw files (size=%s, seed=%d) to %s", dataset, size, seed, raw_dir)
-        generate_raw(dataset, str(raw_dir), size=size, seed=seed)
+        generate_raw(dataset, str(raw_dir), size=size, seed=seed, drift=drift)
         input_dir, fmt = str(raw_dir), SYNTHETIC_FORMAT[dataset]
     elif dataset == "kuaivideo":
         fmt = "bars"  # BARS KuaiVideo_x1 is the only public form of KuaiVideo

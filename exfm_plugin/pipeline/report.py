@@ -175,10 +175,17 @@ def _flatten(rec: dict, path: Path, lineno: int) -> dict:
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    """A directory stands for its ``records.jsonl`` or, as ``exfm run`` writes them, every
+    ``*.jsonl`` in it and in its ``records/`` folder (sorted)."""
     out = []
     for p in paths:
         p = Path(p)
-        out.append(p / "records.jsonl" if p.is_dir() else p)
+        if not p.is_dir():
+            out.append(p)
+        elif (p / "records.jsonl").exists():
+            out.append(p / "records.jsonl")
+        else:
+            out.extend(sorted(p.glob("*.jsonl")) + sorted((p / "records").glob("*.jsonl")))
     return out
 
 
@@ -220,7 +227,7 @@ def load_records(paths: str | Path | Sequence[str | Path]) -> pl.DataFrame:
     """Read records.jsonl files into one flat table, the last record of each cell_id winning.
 
     Later files and later lines override earlier ones, so a re-run cell (e.g. a failed cell
-    retried) replaces its old record. A directory stands for its ``records.jsonl``. A line
+    retried) replaces its old record. A directory stands for its record files. A line
     that is not a valid version-1 record raises :class:`RecordError` naming file and line,
     rather than being skipped: a silently dropped cell would bias the means. Metrics become
     columns (``AUC``, ``logloss``, ``NE``, ``calibration``, ``gAUC``); ``calibration_bins``

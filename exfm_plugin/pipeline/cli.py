@@ -1,0 +1,45 @@
+"""``exfm run``: run a grid's cells through the streaming protocol."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a grid (yaml_configs/grids/*.yaml) through the streaming protocol",
+                       description="Expand a grid into content-addressed steps (prep, FM per day, DAS per "
+                                   "FM and day, VM per cell), run what is not done yet, append one record "
+                                   "per cell to RESULTS/records/<grid>.jsonl.")
+    p.add_argument("--grid", required=True, nargs="+", metavar="GRID", help="grid file(s)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="real dataset files (the grid's real_source format) instead of synthetic data")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the grid)")
+    p.add_argument("--size", default=None, help="synthetic data size: tiny|small|medium|full or impressions")
+    p.add_argument("--engine", default="inproc", choices=["inproc", "ray"], help="DAS inference engine")
+    p.add_argument("--work", default="work", metavar="DIR", help="artifact directory (reused across runs)")
+    p.add_argument("--results", default="results", metavar="DIR", help="records directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from .grid import GridError, load_grid
+    from .runner import check_device, run_grid
+
+    try:  # every grid is validated, and the device checked, before any work starts
+        check_device(args.device)
+        grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size) for path in args.grid]
+    except GridError as exc:
+        print(f"exfm run: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    for grid in grids:
+        summary = run_grid(grid, args.work, args.results, device=args.device, engine=args.engine,
+                           progress=not args.no_progress)
+        print(f"grid {summary.grid}: {summary.ok} cells ok, {summary.failed} failed, {summary.skipped} already "
+              f"done, {summary.seconds:.0f} s -> {summary.records_path}")
+        for failure in summary.failures:
+            print(f"  failed: {failure}")
+        status = status or (1 if summary.failed else 0)
+    return status

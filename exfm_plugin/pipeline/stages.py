@@ -1,0 +1,365 @@
+"""The steps of the streaming protocol, each a content-addressed artifact.
+
+prep (8 day files) -> FM (one snapshot per day it has trained through, published to the SPD)
+-> DAS (the FM-augmented split of a day, for every VM of that day) -> VM (train on day t with a
+method, evaluate the serving model on day t+1). Every step's key hashes its configuration and
+its inputs' keys, so a step shared by many cells runs once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from fuxictr.features import FeatureMap
+from tqdm import tqdm
+
+from ..config import build_model, load_experiment
+from ..data import H5DataLoader, read_day_attrs, read_day_columns, write_day_file
+from ..distill import ExFMStudent, export_serving_model
+from ..metrics import evaluate_metrics
+from .artifacts import ArtifactStore
+from .grid import Cell, Grid, model_params
+from .records import calibration_bins
+
+logger = logging.getLogger(__name__)
+
+EVAL_METRICS = ["AUC", "logloss", "NE", "calibration"]
+EVAL_BATCH = 8192
+
+
+@dataclass
+class Context:
+    """What every step needs: the grid, where artifacts live, and the device."""
+
+    grid: Grid
+    store: ArtifactStore
+    device: str = "cpu"
+    engine: str = "inproc"
+    progress: bool = True
+    _memo: dict = field(default_factory=dict)
+
+    @property
+    def gpu(self) -> int:
+        return int(self.device.split(":")[1]) if self.device.startswith("cuda") else -1
+
+    def memo(self, key: tuple, fn):
+        """Run ``fn`` once per key in this process; a failure is remembered and re-raised, so a
+        broken shared step (an FM) fails its cells at once instead of retrying for each."""
+        if key not in self._memo:
+            try:
+                self._memo[key] = ("ok", fn())
+            except Exception as exc:  # noqa: BLE001 - stored and re-raised for every dependent cell
+                self._memo[key] = ("error", exc)
+        status, value = self._memo[key]
+        if status == "error":
+            raise value
+        return value
+
+
+# ------------------------------------------------------------------------------------ data
+@dataclass(frozen=True)
+class PreparedData:
+    key: str
+    data_dir: str
+    dataset_id: str
+    split_note: str | None
+
+    def day_file(self, day: int) -> str:
+        return os.path.join(self.data_dir, f"day_{day}.h5")
+
+
+def prep_stage(ctx: Context) -> PreparedData:
+    grid = ctx.grid
+    source = grid.effective_source
+    spec = {"dataset": grid.dataset, "source": source, "data_seed": grid.data_seed}
+    if source == "synthetic":
+        spec.update(size=grid.size, drift=grid.drift)
+    else:
+        spec["data_root"] = os.path.abspath(grid.data_root)
+
+    def build(tmp: Path) -> dict:
+        from data_prep.prepare import prepare
+
+        summary = prepare(grid.dataset, source, grid.data_root if source != "synthetic" else None, str(tmp),
+                          seed=grid.data_seed, size=grid.size if source == "synthetic" else "tiny",
+                          drift=grid.drift)
+        return {"data_dir": os.path.relpath(summary.data_dir, tmp), "dataset_id": summary.dataset_id}
+
+    def run() -> PreparedData:
+        key, path, meta = ctx.store.build("prep", spec, build)
+        data_dir = str(path / meta["data_dir"])
+        note = read_day_attrs(os.path.join(data_dir, "day_1.h5")).get("split_note")
+        return PreparedData(key, data_dir, meta["dataset_id"], note or None)
+
+    return ctx.memo(("prep",), run)
+
+
+def domain_day_file(ctx: Context, prep: PreparedData, day: int, domain: str) -> str:
+    """The rows of one TaobaoAd domain on one day, as a day file of their own (a VM's data)."""
+    def build(tmp: Path) -> dict:
+        for d in range(1, 9):
+            attrs = read_day_attrs(prep.day_file(d))
+            cols = read_day_columns(prep.day_file(d))
+            for dom in np.unique(cols["domain"]):
+                keep = cols["domain"] == dom
+                extra = {k: v for k, v in attrs.items()
+                         if k not in ("dataset_id", "day", "time_range", "num_rows", "schema_version", "columns")}
+                extra["domain"] = str(int(dom))
+                write_day_file(tmp / f"day_{d}.domain_{int(dom)}.h5", {k: v[keep] for k, v in cols.items()},
+                               dataset_id=attrs["dataset_id"], day=d, time_range=attrs.get("time_range"), attrs=extra)
+        return {}
+
+    def run() -> Path:
+        return ctx.store.build("domains", {"prep": prep.key}, build)[1]
+
+    path = ctx.memo(("domains", prep.key), run) / f"day_{day}.domain_{domain}.h5"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: domain {domain!r} has no rows on day {day}")
+    return str(path)
+
+
+def load_feature_map(prep: PreparedData, params: dict, labels: list[str] | None = None) -> FeatureMap:
+    """The prepared feature map with the params' feature_specs and group id and, for a task
+    VM, only its own label."""
+    fmap = FeatureMap(prep.dataset_id, prep.data_dir)
+    fmap.load(os.path.join(prep.data_dir, "feature_map.json"), params)
+    if labels is not None:
+        fmap.labels = list(labels)
+    return fmap
+
+
+def _feature_names(prep: PreparedData) -> set[str]:
+    import json
+
+    with open(os.path.join(prep.data_dir, "feature_map.json")) as f:
+        return {k for feat in json.load(f)["features"] for k in feat}
+
+
+# ------------------------------------------------------------------------------------ models
+def bars_params(ctx: Context, prep: PreparedData, model: str, seed: int) -> dict:
+    """BARS hyperparameters of ``model`` for the grid's dataset, with the grid's overrides,
+    the model config's feature_specs narrowed to the features this data has, and the
+    prepared data's group id (for gAUC)."""
+    base = load_experiment(f"{model}_{ctx.grid.bars_dataset_id}", model_dir=ctx.grid.base_config)
+    params = model_params(ctx.grid, model, base)
+    for key in ("data_root", "data_format", "train_data", "valid_data", "test_data", "feature_cols", "label_col",
+                "min_categr_count", "model_root", "dataset_id"):
+        params.pop(key, None)
+    names = _feature_names(prep)
+    specs = []
+    for spec in params.get("feature_specs") or []:
+        wanted = spec["name"] if isinstance(spec["name"], list) else [spec["name"]]
+        present = [n for n in wanted if n in names]
+        if present:
+            specs.append({**spec, "name": present})
+    params.update(seed=seed, verbose=0, feature_specs=specs or None,
+                  group_id="group_id" if "group_id" in names else None)
+    return params
+
+
+def _jsonable_params(params: dict) -> dict:
+    """What a step's key and a snapshot's ``model_params.json`` hold: everything but the device."""
+    return {k: v for k, v in params.items() if k != "gpu"}
+
+
+def train_one_pass(model, loader, desc: str, progress: bool) -> tuple[int, float]:
+    """One pass over ``loader`` with ``model.train_step``; returns (rows, seconds)."""
+    model.train()
+    model._max_gradient_norm = 10.0
+    rows, start = 0, time.perf_counter()
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        model.train_step(batch)
+        rows += len(next(iter(batch.values())))
+    return rows, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class FMSnapshot:
+    key: str
+    spd_root: str
+    snapshot_id: str
+    teacher: str
+    through_day: int
+    dir: str
+
+
+def fm_stage(ctx: Context, prep: PreparedData, teacher: str, seed: int, through_day: int) -> FMSnapshot:
+    """The FM trained through ``through_day``, published to its lineage's SPD.
+
+    ``stream`` (default, the paper's one pass in arrival order): the FM of day d is the FM of
+    day d-1 plus one pass over day d (weights and optimizer state carried on); ``epochs``:
+    a fresh FM trained for ``fm_epochs`` passes over days 1..d.
+    """
+    from ..das.spd import SnapshotNotFound, SnapshotStore
+
+    grid = ctx.grid
+    params = bars_params(ctx, prep, teacher, seed)
+    lineage = {"prep": prep.key, "teacher": teacher, "params": _jsonable_params(params), "seed": seed,
+               "fm_training": grid.fm_training, "fm_epochs": grid.fm_epochs}
+    parent = (fm_stage(ctx, prep, teacher, seed, through_day - 1)
+              if grid.fm_training == "stream" and through_day > 1 else None)
+    spec = {**lineage, "through_day": through_day, "parent": parent.key if parent else None}
+    from .artifacts import step_key
+
+    spd_root = str(ctx.store.root / "spd" / step_key("lineage", lineage))
+
+    def build(tmp: Path) -> dict:
+        fmap = load_feature_map(prep, params)
+        torch.manual_seed(seed)
+        params_run = dict(params, model_root=str(tmp / "checkpoints"), gpu=ctx.gpu)
+        model = build_model(params_run, fmap)
+        if parent is not None:
+            model.load_state_dict(torch.load(Path(parent.dir) / "weights.pt", map_location=model.device))
+            model.optimizer.load_state_dict(torch.load(Path(parent.dir) / "optimizer.pt", map_location=model.device))
+            days, passes = [through_day], 1
+        else:
+            days = [through_day] if grid.fm_training == "stream" else list(range(1, through_day + 1))
+            passes = 1 if grid.fm_training == "stream" else grid.fm_epochs
+        rows = secs = 0.0
+        for p in range(passes):
+            loader = H5DataLoader(fmap, [prep.day_file(d) for d in days], batch_size=params["batch_size"],
+                                  shuffle=True, seed=seed * 1000 + through_day * 10 + p)
+            r, s = train_one_pass(model, loader, f"FM {teacher} day {days[-1]}", ctx.progress)
+            rows, secs = rows + r, secs + s
+        torch.save(model.state_dict(), tmp / "weights.pt")
+        torch.save(model.optimizer.state_dict(), tmp / "optimizer.pt")
+        snapshot_id = f"{teacher}-d{through_day}-{step_key('fm', spec)}"
+        spd = SnapshotStore(spd_root)
+        try:
+            spd.get(snapshot_id)  # published by an earlier, interrupted run of this very step
+        except SnapshotNotFound:
+            spd.publish(model, model_params=_jsonable_params(params), feature_map_dir=prep.data_dir,
+                        trained_through_day=through_day, snapshot_id=snapshot_id)
+        return {"snapshot_id": snapshot_id, "spd_root": spd_root, "train_rows": rows, "train_seconds": secs}
+
+    def run() -> FMSnapshot:
+        key, path, meta = ctx.store.build("fm", spec, build)
+        return FMSnapshot(key, meta["spd_root"], meta["snapshot_id"], teacher, through_day, str(path))
+
+    return ctx.memo(("fm", teacher, seed, through_day), run)
+
+
+# ------------------------------------------------------------------------------------ DAS
+def das_stage(ctx: Context, fm: FMSnapshot, day: int, vms: dict[str, tuple[str, tuple[str, ...] | None]]) -> dict[str, str]:
+    """The FM-augmented split of ``day`` for every VM (name -> (day file, tasks)), through
+    the Data Augmentation Service with the FM's snapshot pinned: stage 1 predicts the union of
+    the VMs' rows once, stage 2 writes each VM's split."""
+    from ..das.augmenter import AugmentJob, VMSpec, run_worker
+    from ..das.metastore import open_metastore
+    from ..das.spd import SnapshotStore
+
+    spec = {"fm": fm.key, "day": day, "vms": {n: [os.path.abspath(p), list(t) if t else None]
+                                              for n, (p, t) in sorted(vms.items())}}
+
+    def build(tmp: Path) -> dict:
+        job = AugmentJob(tuple(VMSpec(n, p, t) for n, (p, t) in sorted(vms.items())), fm.snapshot_id,
+                         str(tmp / "out"), day)
+        engine = None
+        if ctx.engine == "ray":
+            from ..das.engines import RayEngine
+
+            engine = lambda loaded: RayEngine(fm.spd_root, fm.snapshot_id, num_workers=2)  # noqa: E731
+        with open_metastore(f"sqlite:///{tmp / 'das.db'}") as store:
+            report = run_worker(job, store, owner=f"pipeline-{os.getpid()}", snapshots=SnapshotStore(fm.spd_root),
+                                engine=engine, progress=False)
+        return {"splits": {n: os.path.relpath(p, tmp) for n, p in report.outputs.items()}}
+
+    def run() -> dict[str, str]:
+        key, path, meta = ctx.store.build("das", spec, build)
+        return {n: str(path / p) for n, p in meta["splits"].items()}
+
+    return ctx.memo(("das", fm.key, day, tuple(sorted(vms))), run)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def evaluate_predictions(y: np.ndarray, pred: np.ndarray, group: np.ndarray | None,
+                         train_label_mean: float | None) -> dict[str, Any]:
+    metrics = EVAL_METRICS + (["gAUC"] if group is not None else [])
+    values = evaluate_metrics(y, pred, metrics, group_id=group, train_label_mean=train_label_mean)
+    return {"metrics": {k: float(v) for k, v in values.items()}, "calibration_bins": calibration_bins(y, pred)}
+
+
+def _labels_and_groups(path: str, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    attrs = read_day_attrs(path)
+    names = [label] + (["group_id"] if "group_id" in attrs["columns"] else [])
+    cols = read_day_columns(path, names)
+    return cols[label].astype(np.float64), cols.get("group_id")
+
+
+def fm_eval_stage(ctx: Context, fm: FMSnapshot, test_file: str, label: str, train_label_mean: float) -> dict:
+    """The FM's own metrics on a test day (for "does the FM beat the VMs")."""
+    from ..das.spd import SnapshotStore
+
+    spec = {"fm": fm.key, "test_file": os.path.abspath(test_file), "label": label}
+
+    def build(tmp: Path) -> dict:
+        loaded = SnapshotStore(fm.spd_root).load(fm.snapshot_id, device=ctx.device)
+        loader = H5DataLoader(loaded.feature_map, test_file, split="test", batch_size=EVAL_BATCH,
+                              allow_missing_labels=True)
+        column = "fm_pred" if not loaded.info.multitask else f"fm_pred/{label}"
+        start = time.perf_counter()
+        pred = np.concatenate([loaded.predict_batch(b)[column] for b in loader])
+        secs = time.perf_counter() - start
+        y, group = _labels_and_groups(test_file, label)
+        return {**evaluate_predictions(y, pred, group, train_label_mean),
+                "eval_samples_per_s": len(y) / max(secs, 1e-9)}
+
+    return ctx.memo(("fm_eval",) + tuple(spec.values()), lambda: ctx.store.build("fm_eval", spec, build)[2])
+
+
+def vm_stage(ctx: Context, prep: PreparedData, cell: Cell, train_file: str, test_file: str, label: str,
+             fm_column: str | None, train_key: str) -> dict:
+    """Train the cell's VM one pass (``vm_epochs``) on its day with its method, then evaluate
+    the exported serving model on the next day."""
+    params = bars_params(ctx, prep, cell.student, cell.seed)
+    distill = cell.distill_config(fm_column or "fm_pred")
+    spec = {"prep": prep.key, "student": cell.student, "params": _jsonable_params(params), "seed": cell.seed,
+            "distill": {k: (list(v) if isinstance(v, tuple) else v) for k, v in distill.__dict__.items()
+                        if k != "extra"},
+            "train": train_key, "test_file": os.path.abspath(test_file), "label": label,
+            "vm_epochs": ctx.grid.vm_epochs}
+
+    def build(tmp: Path) -> dict:
+        fmap = load_feature_map(prep, params, labels=[label])
+        torch.manual_seed(cell.seed)
+        vm = build_model(dict(params, model_root=str(tmp / "checkpoints"), gpu=ctx.gpu), fmap)
+        student = ExFMStudent(vm, distill)
+        extra = [fm_column] if distill.uses_teacher else []
+        rows = secs = 0.0
+        for epoch in range(ctx.grid.vm_epochs):
+            loader = H5DataLoader(fmap, train_file, batch_size=params["batch_size"], shuffle=True,
+                                  seed=cell.seed * 1000 + epoch, extra_columns=extra)
+            r, s = train_one_pass(student, loader, f"VM {cell.student}/{cell.method}", ctx.progress)
+            rows, secs = rows + r, secs + s
+        served = export_serving_model(student)
+        start = time.perf_counter()
+        pred = served.predict(H5DataLoader(fmap, test_file, split="test", batch_size=EVAL_BATCH))
+        eval_secs = time.perf_counter() - start
+        y, group = _labels_and_groups(test_file, label)
+        return {**evaluate_predictions(y, pred, group, student.train_label_mean),
+                "train_label_mean": student.train_label_mean,
+                "train_samples_per_s": rows / max(secs, 1e-9), "eval_samples_per_s": len(y) / max(eval_secs, 1e-9),
+                "train_seconds": secs}
+
+    return ctx.store.build("vm", spec, build)[2]
+
+
+def day_label_mean(path: str, label: str) -> float:
+    return float(read_day_columns(path, [label])[label].astype(np.float64).mean())
+
+
+def all_labels(prep: PreparedData) -> list[str]:
+    import json
+
+    with open(os.path.join(prep.data_dir, "feature_map.json")) as f:
+        return list(json.load(f)["labels"])
+
+
+def unique(items: Iterable) -> list:
+    return list(dict.fromkeys(items))
