@@ -2,6 +2,9 @@
 
     exfm prep --dataset taobaoad|amazon|kuaivideo --source raw|bars|synthetic \\
               --input DIR --out DIR [--seed N] [--size tiny|small|medium|full]
+    exfm das publish|run|status ...   (the Data Augmentation Service; see exfm_plugin/das/cli.py)
+    exfm run --grid GRID [--data-root DIR] [--device cpu|cuda:0] [--seeds N]
+    exfm report --records DIR|FILE ... --out DIR
 """
 from __future__ import annotations
 
@@ -47,6 +50,20 @@ def _run_prep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_das(sub: argparse._SubParsersAction) -> None:
+    from .das.cli import add_das_parser  # argparse only: the DAS's heavy imports wait for the command
+
+    add_das_parser(sub)
+
+
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    from .pipeline.cli import add_run_parser
+    from .pipeline.report import add_report_parser
+
+    add_run_parser(sub)
+    add_report_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every built subcommand."""
     parser = argparse.ArgumentParser(prog="exfm", description="ExFM for FuxiCTR: data, teachers, students.")
@@ -54,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_prep(sub)
+    _add_das(sub)
+    _add_pipeline(sub)
     return parser
 
 

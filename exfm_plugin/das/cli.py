@@ -1,0 +1,298 @@
+"""``exfm das``: publish FM snapshots, run DAS workers, inspect the metadata store.
+
+    exfm das publish --snapshots DIR --model-params JSON_OR_YAML --weights PT --feature-map-dir DIR [--day N]
+    exfm das run --snapshots DIR [--metastore URL] --day-files VM=PATH [VM@TASK=PATH ...] --out DIR
+                 [--engine inproc|ray] [--workers N] [--shard-rows N] [--poll SECONDS]
+    exfm das status [--metastore URL | --snapshots DIR] [--job ID | --day N]
+
+``--metastore`` defaults to ``sqlite:///<snapshots>/das.db``. Start ``exfm das run`` on as many
+machines or processes as you like with the same arguments: they share the work through the
+metadata store, and any of them may be killed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def default_metastore(snapshots: str) -> str:
+    """The embedded default store: a SQLite file inside the snapshot store."""
+    return f"sqlite:///{os.path.join(os.path.abspath(snapshots), 'das.db').lstrip('/')}"
+
+
+def add_das_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``exfm das`` and its subcommands on the top-level parser."""
+    p = sub.add_parser("das", help="Data Augmentation Service: FM snapshots -> FM-augmented VM splits",
+                       description="Publish FM snapshots to the SPD, run DAS workers that log the FM's "
+                                   "predictions onto the VMs' day files, and show the metadata store.")
+    p.set_defaults(func=run_das)
+    dsub = p.add_subparsers(dest="das_command", metavar="DAS_COMMAND")
+    dsub.required = True
+
+    pub = dsub.add_parser("publish", help="publish a trained FM as a snapshot")
+    pub.add_argument("--snapshots", required=True, metavar="DIR", help="the snapshot store (SPD) root")
+    pub.add_argument("--model-params", required=True, metavar="JSON_OR_YAML",
+                     help="the model's params: a JSON string, or a .json/.yaml file (a FuxiCTR model "
+                          "config with Base + expid blocks needs --expid)")
+    pub.add_argument("--expid", default=None, help="expid block of a FuxiCTR model config file")
+    pub.add_argument("--weights", required=True, metavar="PT",
+                     help="the trained weights: a state_dict .pt or a fuxictr checkpoint (.model)")
+    pub.add_argument("--feature-map-dir", required=True, metavar="DIR",
+                     help="directory with the FM's feature_map.json (and vocab / pretrained tables)")
+    pub.add_argument("--day", type=int, default=None, help="last day the FM was trained on")
+    pub.add_argument("--snapshot-id", default=None, help="id of the snapshot (default: generated)")
+    pub.set_defaults(das_func=_run_publish)
+
+    run = dsub.add_parser("run", help="run one DAS worker: poll the SPD, load the snapshot, augment a day")
+    run.add_argument("--snapshots", required=True, metavar="DIR", help="the snapshot store (SPD) root")
+    run.add_argument("--metastore", default=None, metavar="URL",
+                     help="sqlite:///path.db or zk://host:port/path (default sqlite:///<snapshots>/das.db)")
+    run.add_argument("--day-files", required=True, nargs="+", metavar="VM=PATH",
+                     help="one day file per VM: NAME=PATH, or NAME@TASK[,TASK]=PATH to give the VM only "
+                          "those tasks of a multi-task FM")
+    run.add_argument("--out", required=True, metavar="DIR", help="output root; files go to DIR/<day>-<snapshot>/")
+    run.add_argument("--engine", choices=["inproc", "ray"], default="inproc")
+    run.add_argument("--workers", type=int, default=1, help="Ray actors (engine ray)")
+    run.add_argument("--shard-rows", type=int, default=65536,
+                     help="rows per shard: the unit of work, lease and memory (engine ray starts its actors "
+                          "once per shard: use 10^6 or more there)")
+    run.add_argument("--batch-size", type=int, default=8192, help="rows per FM forward pass")
+    run.add_argument("--day", type=int, default=None, help="day index (default: from the day files)")
+    run.add_argument("--snapshot", default=None,
+                     help="augment with this snapshot instead of the one the metadata store names")
+    run.add_argument("--owner", default=None, help="this worker's name (default host-pid)")
+    run.add_argument("--lease", type=float, default=60.0, help="shard claim lease, seconds")
+    run.add_argument("--snapshot-lease", type=float, default=None,
+                     help="lease the updater gives the current snapshot, seconds (default max(600, 3 x --poll))")
+    run.add_argument("--poll", type=float, default=None, metavar="SECONDS",
+                     help="keep running: poll the SPD every SECONDS and augment the day with each new snapshot")
+    run.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    run.set_defaults(das_func=_run_run)
+
+    st = dsub.add_parser("status", help="current snapshot and its lease; shards of a job")
+    st.add_argument("--metastore", default=None, metavar="URL")
+    st.add_argument("--snapshots", default=None, metavar="DIR", help="for the default metastore URL")
+    st.add_argument("--job", default=None, help="job id (<day>-<snapshot_id>)")
+    st.add_argument("--day", type=int, default=None, help="show the job of this day with the current snapshot")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(das_func=_run_status)
+
+
+# --------------------------------------------------------------------------- publish
+def _load_params(text: str, expid: str | None) -> dict[str, Any]:
+    import yaml
+
+    if os.path.isfile(text):
+        with open(text) as f:
+            data = json.load(f) if text.endswith(".json") else yaml.safe_load(f)
+        source = text
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--model-params {text!r} is neither a file nor a JSON object ({exc})") from None
+        source = "--model-params"
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of model params, got {type(data).__name__}")
+    if expid is not None:
+        if expid not in data:
+            raise ValueError(f"{source}: no expid {expid!r}; it holds {sorted(data)}")
+        params = dict(data.get("Base", {}))
+        params.update(data[expid])
+        data = params
+    if "model" not in data:
+        raise ValueError(f"{source}: params lack 'model' (one of the exfm models); "
+                         f"for a FuxiCTR config with Base + expid blocks pass --expid")
+    return data
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    import torch
+    from fuxictr.features import FeatureMap
+
+    from ..config import build_model
+    from .spd import SnapshotStore
+
+    params = _load_params(args.model_params, args.expid)
+    fmap_path = os.path.join(args.feature_map_dir, "feature_map.json")
+    if not os.path.exists(fmap_path):
+        raise FileNotFoundError(f"--feature-map-dir {args.feature_map_dir}: no feature_map.json")
+    with open(fmap_path) as f:
+        dataset_id = json.load(f).get("dataset_id", params.get("dataset_id", "dataset"))
+    params.setdefault("model_root", os.path.join(os.path.abspath(args.snapshots), ".publish"))
+    params.setdefault("optimizer", "adam")
+    params.setdefault("loss", "binary_crossentropy")
+    params.setdefault("metrics", ["logloss", "AUC"])
+    feature_map = FeatureMap(dataset_id, args.feature_map_dir)
+    feature_map.load(fmap_path, params)
+    model = build_model(params, feature_map)
+    state = torch.load(args.weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"--weights {args.weights} do not fit model {params['model']} built from "
+                         f"--model-params: {exc}") from None
+    info = SnapshotStore(args.snapshots).publish(model, model_params=params, feature_map_dir=args.feature_map_dir,
+                                                 trained_through_day=args.day, snapshot_id=args.snapshot_id)
+    print(json.dumps({"snapshot_id": info.snapshot_id, "snapshots": os.path.abspath(args.snapshots)}))
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+def _run_run(args: argparse.Namespace) -> int:
+    from .augmenter import VMSpec, default_owner
+    from .metastore import open_metastore
+    from .spd import SnapshotStore
+    from .updater import Updater
+
+    vms = [VMSpec.parse(s) for s in args.day_files]
+    owner = args.owner or default_owner()
+    snapshots = SnapshotStore(args.snapshots)
+    url = args.metastore or default_metastore(args.snapshots)
+    with open_metastore(url) as store:
+        poll = args.poll or 60.0
+        updater = Updater(snapshots, store, owner=owner, poll_interval=poll,
+                          lease_seconds=args.snapshot_lease or max(600.0, 3 * poll))
+        updater.poll_once()
+        stop = threading.Event()
+        if args.poll is not None:  # keep polling (and extending the lease) while jobs run
+            threading.Thread(target=updater.run, args=(stop,), name="das-updater", daemon=True).start()
+        try:
+            return _run_jobs(args, store, snapshots, vms, owner)
+        finally:
+            stop.set()
+
+
+def _run_jobs(args: argparse.Namespace, store: Any, snapshots: Any, vms: list, owner: str) -> int:
+    """Augment the day with the current (or pinned) snapshot; with ``--poll``, again with each new one."""
+    from .augmenter import AugmentJob, run_worker
+    from .engines import make_engine
+
+    loaded: dict[str, Any] = {}  # snapshot id -> loaded model: each snapshot is loaded once
+    done: set[str] = set()
+    while True:
+        snapshot_id = args.snapshot
+        if snapshot_id is None:
+            current = store.get_current()
+            snapshot_id = current.snapshot_id if current is not None else None
+        if snapshot_id is None and args.poll is None:
+            print(f"exfm das run: no snapshot in {args.snapshots} (publish one with `exfm das publish`)",
+                  file=sys.stderr)
+            return 2
+        if snapshot_id is None:
+            logger.info("no snapshot yet; polling again in %.1f s", args.poll)
+        else:
+            job = AugmentJob.from_day_files(vms, snapshot_id, args.out, day=args.day, shard_rows=args.shard_rows)
+            if job.job_id not in done:
+                done.add(job.job_id)
+                try:
+                    if snapshot_id not in loaded:
+                        new = snapshots.load(snapshot_id, device="cpu")  # the old one is dropped only after
+                        loaded.clear()
+                        loaded[snapshot_id] = new
+                    engine = (None if args.engine == "inproc" else
+                              (lambda _l, sid=snapshot_id: make_engine(
+                                  "ray", snapshot_store_root=args.snapshots, snapshot_id=sid,
+                                  num_workers=args.workers, batch_size=args.batch_size)))
+                    report = run_worker(job, store, owner, args.lease, loaded=loaded[snapshot_id], engine=engine,
+                                        batch_size=args.batch_size, poll_interval=min(1.0, args.lease / 4),
+                                        progress=not args.no_progress)
+                    print(json.dumps(report.to_dict()), flush=True)
+                except Exception:
+                    if args.poll is None:
+                        raise
+                    # a service keeps polling: one bad snapshot must not stop augmentation for good
+                    logger.exception("job %s failed; not retried with this snapshot", job.job_id)
+        if args.poll is None:
+            return 0
+        time.sleep(args.poll)
+
+
+# --------------------------------------------------------------------------- status
+def _fmt_time(expires: float | None, now: float) -> str:
+    if expires is None:
+        return "-"
+    left = expires - now
+    return f"expires in {left:.1f} s" if left > 0 else f"expired {-left:.1f} s ago"
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .metastore import CLAIMED, DONE, PENDING, open_metastore
+
+    if args.metastore is None and args.snapshots is None:
+        print("exfm das status: give --metastore URL or --snapshots DIR", file=sys.stderr)
+        return 2
+    url = args.metastore or default_metastore(args.snapshots)
+    now = time.time()
+    with open_metastore(url) as store:
+        current = store.get_current()
+        job_id = args.job
+        if job_id is None and args.day is not None and current is not None:
+            job_id = f"{args.day}-{current.snapshot_id}"
+        shards = store.job_status(job_id) if job_id else {}
+        expired = store.expired_snapshots(now)
+    out: dict[str, Any] = {"metastore": url, "now": now, "expired_snapshots": expired,
+                           "current": None if current is None else {
+                               "snapshot_id": current.snapshot_id, "version": current.version,
+                               "owner": current.owner, "lease_expires_at": current.lease_expires_at,
+                               "lease_seconds_left": current.lease_expires_at - now}}
+    if job_id:
+        counts = {s: sum(sh.state == s for sh in shards.values()) for s in (DONE, CLAIMED, PENDING)}
+        counts["claimed_expired"] = sum(sh.state == CLAIMED and sh.claimable(now) for sh in shards.values())
+        out["job"] = {"job_id": job_id, "shards": len(shards), **counts,
+                      "attempts": sum(sh.attempts for sh in shards.values()),
+                      "claims": [{"shard_id": sh.shard_id, "owner": sh.owner, "attempts": sh.attempts,
+                                  "lease_expires_at": sh.lease_expires_at}
+                                 for sh in shards.values() if sh.state == CLAIMED]}
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"metastore {url}")
+    if current is None:
+        print("current snapshot: none")
+    else:
+        print(f"current snapshot: {current.snapshot_id} (version {current.version}, owner {current.owner}, "
+              f"lease {_fmt_time(current.lease_expires_at, now)})")
+    if expired:
+        print(f"expired snapshots awaiting GC: {', '.join(expired)}")
+    if job_id:
+        j = out["job"]
+        if not shards:
+            print(f"job {job_id}: unknown (no shards registered)")
+        else:
+            print(f"job {job_id}: {j['shards']} shards: {j['done']} done, {j['claimed']} claimed "
+                  f"({j['claimed_expired']} with an expired lease), {j['pending']} pending; {j['attempts']} attempts")
+            for c in j["claims"]:
+                print(f"  {c['shard_id']}: claimed by {c['owner']} (attempt {c['attempts']}, "
+                      f"lease {_fmt_time(c['lease_expires_at'], now)})")
+    return 0
+
+
+def run_das(args: argparse.Namespace) -> int:
+    """Run a parsed ``exfm das`` command; input errors become exit status 2 with one clear line."""
+    from ..data.dayfile import DayFileError
+    from .augmenter import AugmentError
+    from .metastore import MetastoreError
+
+    errors: tuple[type[BaseException], ...] = (AugmentError, DayFileError, MetastoreError, FileNotFoundError, ValueError)
+    try:
+        from .spd import FeatureMapMismatch
+
+        errors += (FeatureMapMismatch,)
+    except ImportError:
+        pass
+    try:
+        return int(args.das_func(args) or 0)
+    except errors as exc:
+        print(f"exfm das {args.das_command}: {exc}", file=sys.stderr)
+        return 2
