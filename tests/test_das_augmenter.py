@@ -11,14 +11,12 @@ from __future__ import annotations
 import errno
 import glob
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import h5py
 import numpy as np
@@ -35,9 +33,6 @@ from exfm_plugin.models import MODEL_REGISTRY
 from tiny_data import make_tiny_data, model_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ZK_HOSTS = os.environ.get("EXFM_ZK_HOSTS", "").strip()
-ZK_HOWTO = ("needs a real ZooKeeper: bash scripts/zookeeper.sh install && "
-            "export \"$(bash scripts/zookeeper.sh start)\"  (sets EXFM_ZK_HOSTS=127.0.0.1:PORT)")
 N_ROWS = 600
 A_ROWS = np.arange(0, 400)          # VM a: rows 0..399 in order
 B_ROWS = np.arange(250, 600)        # VM b: rows 250..599, written shuffled; 150 rows shared with a
@@ -45,12 +40,7 @@ DAY = 6
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(model, batches, steps: int = 8) -> None:
@@ -106,37 +96,10 @@ def world(tmp_path_factory) -> World:
     return World(tmp_path_factory.mktemp("das_world"))
 
 
-def _require_zk() -> str:
-    if not ZK_HOSTS:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but EXFM_ZK_HOSTS is not: the ZooKeeper tests must run in CI; " + ZK_HOWTO)
-        pytest.skip(ZK_HOWTO)
-    return ZK_HOSTS
 
 
-def _zk_cleanup(chroot: str) -> None:
-    from kazoo.client import KazooClient
-
-    client = KazooClient(hosts=ZK_HOSTS)
-    try:
-        client.start(timeout=5)
-        client.delete(chroot, recursive=True)
-    except Exception as e:  # cleanup only
-        logging.getLogger(__name__).warning("could not delete %s: %s", chroot, e)
-    finally:
-        client.stop()
-        client.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("zk", marks=pytest.mark.zookeeper)])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/meta.db"
-        return
-    hosts = _require_zk()
-    chroot = f"/exfm-test-das/{uuid.uuid4().hex[:12]}"
-    yield f"zk://{hosts}{chroot}"
-    _zk_cleanup(chroot)
 
 
 class CountingSnapshot:

@@ -22,12 +22,7 @@ MT_KW = dict(target_field="cate_id", sequence_field="cate_his", dnn_hidden_units
              tower_hidden_units=[8], attention_hidden_units=[8], num_heads=2, pos_emb_dim=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

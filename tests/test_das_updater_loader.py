@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 
 import numpy as np
@@ -24,48 +23,16 @@ from exfm_plugin.das.updater import Updater
 from exfm_plugin.models import MODEL_REGISTRY
 from tiny_data import make_tiny_data, model_kwargs
 
-ZK_HOSTS = os.environ.get("EXFM_ZK_HOSTS", "").strip()
-ZK_HOWTO = ("needs a real ZooKeeper: bash scripts/zookeeper.sh install && "
-            "export \"$(bash scripts/zookeeper.sh start)\"  (sets EXFM_ZK_HOSTS=127.0.0.1:PORT)")
 DCN_KW = dict(dnn_hidden_units=[8], num_cross_layers=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- stores
 
-def _zk_cleanup(chroot: str) -> None:
-    from kazoo.client import KazooClient
-
-    client = KazooClient(hosts=ZK_HOSTS)
-    try:
-        client.start(timeout=5)
-        client.delete(chroot, recursive=True)
-    except Exception as e:  # cleanup only
-        logging.getLogger(__name__).warning("could not delete %s: %s", chroot, e)
-    finally:
-        client.stop()
-        client.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("zk", marks=pytest.mark.zookeeper)])
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/meta.db"
-        return
-    if not ZK_HOSTS:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but EXFM_ZK_HOSTS is not: the ZooKeeper tests must run in CI; " + ZK_HOWTO)
-        pytest.skip(ZK_HOWTO)
-    chroot = f"/exfm-test-{uuid.uuid4().hex}"
-    yield f"zk://{ZK_HOSTS}{chroot}"
-    _zk_cleanup(chroot)
 
 
 @pytest.fixture

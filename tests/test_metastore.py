@@ -9,12 +9,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import multiprocessing as mp
-import os
 import socket
 import sys
 import threading
 import time
-import uuid
 
 if mp.parent_process() is not None and "exfm_plugin" not in sys.modules:
     # A spawned worker of this file only needs the metastore modules: register the package
@@ -32,48 +30,16 @@ from exfm_plugin.das.metastore import (  # noqa: E402
     open_metastore,
 )
 
-ZK_HOSTS = os.environ.get("EXFM_ZK_HOSTS", "").strip()
-ZK_HOWTO = ("needs a real ZooKeeper: bash scripts/zookeeper.sh install && "
-            "export \"$(bash scripts/zookeeper.sh start)\"  (sets EXFM_ZK_HOSTS=127.0.0.1:PORT)")
+from zk_support import ZK_HOSTS, require_zk, unique_chroot, zk_cleanup  # noqa: E402
 SPAWN = mp.get_context("spawn")
 
 
-def _require_zk() -> str:
-    if not ZK_HOSTS:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but EXFM_ZK_HOSTS is not: the ZooKeeper tests must run in CI; " + ZK_HOWTO)
-        pytest.skip(ZK_HOWTO)
-    return ZK_HOSTS
 
 
-def _zk_chroot(request: pytest.FixtureRequest) -> str:
-    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:80]
-    return f"/exfm-test/{name}-{uuid.uuid4().hex[:8]}"
 
 
-def _zk_cleanup(chroot: str) -> None:
-    from kazoo.client import KazooClient
-
-    client = KazooClient(hosts=ZK_HOSTS)
-    try:
-        client.start(timeout=5)
-        client.delete(chroot, recursive=True)
-    except Exception as e:  # cleanup only: never hide the test's own result
-        logging.getLogger(__name__).warning("could not delete %s: %s", chroot, e)
-    finally:
-        client.stop()
-        client.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("zk", marks=pytest.mark.zookeeper)])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path}/meta.db"
-        return
-    hosts = _require_zk()
-    chroot = _zk_chroot(request)
-    yield f"zk://{hosts}{chroot}"
-    _zk_cleanup(chroot)
 
 
 @pytest.fixture
@@ -84,10 +50,10 @@ def store(store_url: str):
 
 @pytest.fixture
 def zk_chroot(request: pytest.FixtureRequest) -> str:
-    _require_zk()
-    chroot = _zk_chroot(request)
+    require_zk()
+    chroot = unique_chroot(request)
     yield chroot
-    _zk_cleanup(chroot)
+    zk_cleanup(chroot)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -534,7 +500,7 @@ class TcpProxy:
 
 @pytest.fixture
 def proxy():
-    p = TcpProxy(_require_zk())
+    p = TcpProxy(require_zk())
     yield p
     p.close()
 

@@ -18,8 +18,7 @@ from fuxictr.preprocess import FeatureProcessor
 from fuxictr.utils import load_dataset_config, load_model_config
 
 from exfm_plugin.config import build_model, load_experiment
-from exfm_plugin.models import (DCN, DCNv2, DMIN, MODEL_REGISTRY, DeepFM, FM, FmFM, MultiTaskDMIN,
-                                check_protocol)
+from exfm_plugin.models import (DCN, MODEL_REGISTRY, check_protocol)
 from exfm_plugin.models.dmin_layers import normalize_field_pairs
 from tiny_data import make_tiny_data, model_kwargs
 
@@ -51,13 +50,7 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from data_prep.errors import DataFormatError
-from data_prep.readers import amazon, kuaivideo, read, taobaoad
+from data_prep.readers import amazon, read, taobaoad
 
 DAY0 = 1494000000 - (1494000000 + 8 * 3600) % 86400  # 2017-05-06 00:00:00 Beijing time
 

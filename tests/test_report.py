@@ -266,7 +266,7 @@ def test_dedup_keeps_last_record_of_a_cell(tmp_path):
 
 def test_bad_records_name_file_and_line(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [rec(), rec(), rec(record_version=2)])
-    with pytest.raises(RecordError, match=rf"bad\.jsonl:3: record_version 2 is not supported"):
+    with pytest.raises(RecordError, match=r"bad\.jsonl:3: record_version 2 is not supported"):
         load_records(bad)
     r = rec()
     del r["teacher"]

@@ -79,7 +79,6 @@ def main(argv=None) -> None:
         print(f"{name:8s} {rate['none']:12.0f} {rate['ah_sa']:13.0f} {rate['ah_sa'] / rate['none']:6.3f} "
               f"{plain.serving_parameter_count():13d} {exported.serving_parameter_count():14d} "
               f"{infer['export'] / infer['plain']:11.3f}")
-        del students, plain, exported
 
 
 if __name__ == "__main__":
