@@ -52,6 +52,8 @@ from ..data.dayfile import FM_PRED, DayFileError, get_column, open_day_file, rea
 from .engines import ID_COLUMN, Engine, InProcessEngine, ShardAbandoned
 from .metastore import DONE, LeaseLostError, MetadataStore, MetastoreError
 
+from ..fsutil import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AugmentError", "AugmentJob", "JobPlan", "SharedDataset", "VMSpec", "WorkerReport",
@@ -370,15 +372,6 @@ def plan_job(job: AugmentJob, loaded: Any) -> JobPlan:
 
 
 # --------------------------------------------------------------------------- atomic files
-def _fsync_dir(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _tmp_path(path: str) -> str:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
@@ -408,7 +401,7 @@ def _write_json_atomic(path: str, data: Mapping[str, Any], *, exclusive: bool = 
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
     return True
 
 
@@ -615,7 +608,7 @@ def _commit_shard(store: MetadataStore, plan: JobPlan, shard_id: str, owner: str
             return False
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
     finally:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from fuxictr.features import FeatureMap
 
+from ..fsutil import fsync_dir
+
 __all__ = [
     "FeatureMapMismatch",
     "FileEntry",
@@ -203,19 +205,6 @@ def _jsonable(value: Any, where: str) -> Any:
         return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
     raise TypeError(f"model_params{where}={value!r} ({type(value).__name__}) is not JSON-serialisable; "
                     f"pass the plain config values build_model needs")
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_bytes(path: str, data: bytes) -> None:
@@ -527,7 +516,7 @@ class SnapshotStore:
             }
             _write_json(os.path.join(tmp, MANIFEST), manifest)
             for dirpath, _, _ in os.walk(tmp):
-                _fsync_dir(dirpath)
+                fsync_dir(dirpath)
             if os.path.lexists(final):
                 raise SnapshotExists(f"snapshot {snapshot_id} already exists in {self.root}; snapshots are never overwritten")
             try:
@@ -536,7 +525,7 @@ class SnapshotStore:
                 if os.path.lexists(final):
                     raise SnapshotExists(f"snapshot {snapshot_id} was published concurrently in {self.root}") from e
                 raise
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -655,7 +644,7 @@ class SnapshotStore:
             os.rename(path, trash)
         except FileNotFoundError:
             raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.root}") from None
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
         logger.info("deleted snapshot %s from %s", snapshot_id, self.root)
 

@@ -37,6 +37,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..fsutil import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -156,13 +158,7 @@ def _atomic_h5(path: str) -> Iterator[h5py.File]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
-    # make the rename itself durable
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    fsync_dir(directory)  # make the rename itself durable
 
 
 # --------------------------------------------------------------------------- writing
