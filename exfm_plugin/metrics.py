@@ -89,7 +89,7 @@ class ExFMMetricsMixin:
     """Gives a fuxictr model ``NE`` and ``calibration``; NE's denominator is the mean label
     of the batches the model was trained on, unless ``train_label_mean`` is set explicitly."""
 
-    _label_sum: float = 0.0
+    _label_sum: float | torch.Tensor = 0.0  # a device tensor while training: no sync per step
     _label_count: int = 0
     _train_label_mean: float | None = None
 
@@ -97,14 +97,14 @@ class ExFMMetricsMixin:
     def train_label_mean(self) -> float | None:
         if self._train_label_mean is not None:
             return self._train_label_mean
-        return self._label_sum / self._label_count if self._label_count else None
+        return float(self._label_sum) / self._label_count if self._label_count else None
 
     @train_label_mean.setter
     def train_label_mean(self, value: float | None) -> None:
         self._train_label_mean = value
 
     def observe_training_labels(self, y_true: torch.Tensor) -> None:
-        self._label_sum += float(y_true.detach().sum())
+        self._label_sum = self._label_sum + y_true.detach().sum().double()
         self._label_count += int(y_true.numel())
 
     def evaluate_metrics(self, y_true, y_pred, metrics, group_id=None):

@@ -96,7 +96,7 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         if config.uses_adapter:
             self.adapter = StudentAdapter(config.adapter_hidden_units, config.adapter_input,
                                           config.adapter_residual, config.adapter_eps)
-        self.last_loss_terms: dict[str, float] = {}
+        self._last_terms: dict[str, torch.Tensor] = {}
         self._max_gradient_norm = 10.0  # fuxictr sets it in fit(); train_step may run without
         vm_opt = getattr(vm, "optimizer", None)
         self.compile(optimizer or (type(vm_opt).__name__ if vm_opt else "Adam"),
@@ -144,14 +144,14 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         check_teacher_probs(p, column)
         return p
 
-    def adapter_step(self, p_teacher: torch.Tensor, y: torch.Tensor) -> float:
+    def adapter_step(self, p_teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Algorithm 1 step 1: update SA alone on L_sta = h(SA(p_F), y)."""
         self.adapter_optimizer.zero_grad()
         loss = h(self.adapter(p_teacher), y)
         loss.backward()
         self.adapter_optimizer.step()
         self.adapter_optimizer.zero_grad()
-        return float(loss.detach())
+        return loss.detach()
 
     def loss_terms(self, inputs, p_teacher: torch.Tensor | None = None,
                    t_adapter: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -188,10 +188,17 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         loss.backward()
         nn.utils.clip_grad_norm_(self.student_parameters(), self._max_gradient_norm)
         self.optimizer.step()
-        logged.update({k: float(v.detach()) for k, v in terms.items()})
-        logged["total"] = float(loss.detach())
-        self.last_loss_terms = logged
+        logged.update({k: v.detach() for k, v in terms.items()})
+        logged["total"] = loss.detach()
+        self._last_terms = logged  # tensors: reading them (a device sync) is left to the caller
+
         return loss
+
+    @property
+    def last_loss_terms(self) -> dict[str, float]:
+        """The loss pieces of the last training step (``serving``, ``kd``, ``aux``, ``adapter``,
+        ``adapter_head``, ``total``) as floats."""
+        return {k: float(v) for k, v in self._last_terms.items()}
 
     def fit(self, data_generator, epochs=1, validation_data=None, max_gradient_norm=10., **kwargs):
         os.makedirs(self.model_dir, exist_ok=True)
