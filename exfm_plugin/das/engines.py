@@ -34,6 +34,13 @@ __all__ = ["Engine", "InProcessEngine", "RayEngine", "ShardAbandoned", "make_eng
            "to_model_batch"]
 
 
+def _row_ids(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The shard's example ids, which every engine returns so rows rejoin by id."""
+    if ID_COLUMN not in columns:
+        raise KeyError(f"predict needs an {ID_COLUMN!r} column; got {sorted(columns)}")
+    return np.asarray(columns[ID_COLUMN])
+
+
 class ShardAbandoned(RuntimeError):
     """Prediction stopped because the caller's ``should_stop`` said so (the shard's lease was lost)."""
 
@@ -131,9 +138,7 @@ class InProcessEngine:
     def predict(self, columns: Mapping[str, np.ndarray],
                 should_stop: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
         """Predictions of every row; checks ``should_stop`` between batches."""
-        if ID_COLUMN not in columns:
-            raise KeyError(f"predict needs an {ID_COLUMN!r} column; got {sorted(columns)}")
-        ids = np.asarray(columns[ID_COLUMN])
+        ids = _row_ids(columns)
         n = int(ids.shape[0])
         outputs: dict[str, np.ndarray] = {}
         with torch.no_grad():
@@ -232,9 +237,7 @@ class RayEngine:
         """Predictions of every row via Ray Data; ``should_stop`` is checked as results arrive."""
         import ray
 
-        if ID_COLUMN not in columns:
-            raise KeyError(f"predict needs an {ID_COLUMN!r} column; got {sorted(columns)}")
-        ids = np.asarray(columns[ID_COLUMN])
+        ids = _row_ids(columns)
         n = int(ids.shape[0])
         if n == 0:
             return {ID_COLUMN: ids}

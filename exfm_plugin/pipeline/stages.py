@@ -7,6 +7,8 @@ its inputs' keys, so a step shared by many cells runs once.
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import time
@@ -134,11 +136,15 @@ def load_feature_map(prep: PreparedData, params: dict, labels: list[str] | None 
     return fmap
 
 
-def _feature_names(prep: PreparedData) -> set[str]:
-    import json
+@functools.lru_cache(maxsize=None)
+def _feature_map_json(data_dir: str) -> dict:
+    """The prepared feature_map.json, read once per run (every cell asks for it)."""
+    with open(os.path.join(data_dir, "feature_map.json")) as f:
+        return json.load(f)
 
-    with open(os.path.join(prep.data_dir, "feature_map.json")) as f:
-        return {k for feat in json.load(f)["features"] for k in feat}
+
+def _feature_names(prep: PreparedData) -> set[str]:
+    return {k for feat in _feature_map_json(prep.data_dir)["features"] for k in feat}
 
 
 # ------------------------------------------------------------------------------------ models
@@ -355,10 +361,7 @@ def day_label_mean(path: str, label: str) -> float:
 
 
 def all_labels(prep: PreparedData) -> list[str]:
-    import json
-
-    with open(os.path.join(prep.data_dir, "feature_map.json")) as f:
-        return list(json.load(f)["labels"])
+    return list(_feature_map_json(prep.data_dir)["labels"])
 
 
 def unique(items: Iterable) -> list:
