@@ -5,7 +5,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-METHODS = ("none", "kd", "ah", "ah_sa")
+from ..contracts import ADAPTER_CONTROL, METHODS
+
 ADAPTER_INPUTS = ("logit", "prob")
 
 
@@ -14,7 +15,10 @@ class DistillConfig:
     """How a VM consumes the FM supervision.
 
     method: ``none`` (true label only), ``kd`` (both labels on the serving head, Eq. 2),
-        ``ah`` (Auxiliary Head, Eq. 3-5), ``ah_sa`` (AH + Student Adapter, Algorithm 1).
+        ``ah`` (Auxiliary Head, Eq. 3-5), ``ah_sa`` (AH + Student Adapter, Algorithm 1),
+        ``ah_sa_frozen`` (the adapter control: ``ah_sa`` with the same two heads and losses but
+        the adapter never updated, frozen at its identity start, so ``ah_sa`` minus it is the
+        adapter's own effect).
     label_scale: alpha (LS); the FM probability is multiplied by it and clipped at 1.
     grad_scale: beta (GS); multiplies the gradient from the distillation heads into the backbone.
     loss_weight: w (LW) on the auxiliary-head loss.
@@ -50,6 +54,9 @@ class DistillConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a finite number > 0")
+        if self.method == ADAPTER_CONTROL and not self.adapter_residual:
+            raise ValueError(f"method={ADAPTER_CONTROL!r} freezes the adapter at its identity start, "
+                             f"which needs adapter_residual=True")
         if not 0 < self.adapter_eps < 0.5:
             raise ValueError(f"adapter_eps={self.adapter_eps!r} must be in (0, 0.5)")
         if self.adapter_input not in ADAPTER_INPUTS:
@@ -66,10 +73,15 @@ class DistillConfig:
 
     @property
     def uses_aux_head(self) -> bool:
-        return self.method in ("ah", "ah_sa")
+        return self.method in ("ah", "ah_sa", ADAPTER_CONTROL)
 
     @property
     def uses_adapter(self) -> bool:
+        """A second head fed by the adapter's output (trained or frozen)."""
+        return self.method in ("ah_sa", ADAPTER_CONTROL)
+
+    @property
+    def trains_adapter(self) -> bool:
         return self.method == "ah_sa"
 
     @classmethod

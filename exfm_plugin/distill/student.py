@@ -64,7 +64,7 @@ def _init_linear(module: nn.Module) -> None:
 
 
 class ExFMStudent(ExFMMetricsMixin, BaseModel):
-    """A VM trained with ``none | kd | ah | ah_sa`` (SPEC.md, Algorithm 1)."""
+    """A VM trained with ``none | kd | ah | ah_sa | ah_sa_frozen`` (the paper's Algorithm 1)."""
 
     def __init__(self, vm, config: DistillConfig | None = None, model_id: str | None = None,
                  optimizer: str | None = None, learning_rate: float | None = None):
@@ -109,7 +109,7 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         adapter is trained only by its own loss (Algorithm 1, step 1)."""
         self.optimizer = get_optimizer(optimizer, self.student_parameters(), lr)
         self.adapter_optimizer = (torch.optim.Adam(self.adapter.parameters(), lr=self.config.adapter_lr)
-                                  if self.adapter is not None else None)
+                                  if self.config.trains_adapter else None)
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Parameters updated by the VM loss: the VM's and the distillation heads'."""
@@ -179,7 +179,8 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         t_adapter = None
         logged = {}
         if cfg.uses_adapter:
-            logged["adapter"] = self.adapter_step(p_teacher, y)
+            if cfg.trains_adapter:
+                logged["adapter"] = self.adapter_step(p_teacher, y)
             with torch.no_grad():  # stop-gradient: the VM loss never reaches SA
                 t_adapter = torch.sigmoid(self.adapter(p_teacher))
         self.optimizer.zero_grad()
