@@ -21,11 +21,15 @@ import abc
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from .zk_auth import ZkAuth
 
 __all__ = [
     "LeaseLostError",
+    "MetastoreAccessDenied",
     "MetadataStore",
     "MetastoreError",
     "MetastoreUnavailable",
@@ -44,6 +48,19 @@ class MetastoreError(RuntimeError):
 
 class MetastoreUnavailable(MetastoreError):
     """The store cannot be reached (server down, timeout, database busy for too long)."""
+
+
+class MetastoreAccessDenied(MetastoreError):
+    """The server refused an operation for lack of permission (a ZooKeeper ACL); nothing was written.
+
+    ``path`` is the node, ``permission`` the one that was missing (READ, WRITE, CREATE, DELETE,
+    ADMIN). The message is one line and never holds a credential.
+    """
+
+    def __init__(self, message: str, *, path: str, permission: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.permission = permission
 
 
 class LeaseLostError(MetastoreError):
@@ -198,6 +215,11 @@ class MetadataStore(abc.ABC):
     def job_status(self, job_id: str) -> dict[str, ShardState]:
         """Every shard of the job by id (empty for an unknown job)."""
 
+    # ---- access ------------------------------------------------------------------------------
+    def access_summary(self) -> str:
+        """One line saying who may change this store (``exfm das status`` prints it)."""
+        return "no access control of its own (a local SQLite file is protected only by its file permissions)"
+
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
     def lease_possibly_lost(self) -> bool:
@@ -233,7 +255,7 @@ def _float_param(query: dict[str, list[str]], name: str, url: str) -> float | No
     return value
 
 
-def open_metastore(url: str, *, connect_timeout: float | None = None) -> MetadataStore:
+def open_metastore(url: str, *, connect_timeout: float | None = None, auth: "ZkAuth | None" = None) -> MetadataStore:
     """Open the store named by ``url`` (the CLI's ``--metastore``).
 
     * ``sqlite:///abs/path.db`` (``sqlite://rel/path.db`` is relative) or a plain file path: SQLite.
@@ -241,6 +263,8 @@ def open_metastore(url: str, *, connect_timeout: float | None = None) -> Metadat
       created if missing. Query parameters ``connect_timeout`` (default 5 s), ``session_timeout``
       (10 s) and ``op_timeout`` (10 s) tune it; the ``connect_timeout`` argument overrides the URL's.
       Raises :class:`MetastoreUnavailable` if no server answers within the connect timeout.
+      ``auth`` (:func:`~.zk_auth.load_zk_auth`) creates the DAS nodes with digest ACLs and
+      authenticates; without it the namespace is open to any client, as before.
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"metastore url must be a non-empty string ({_FORMS}), got {url!r}")
@@ -259,7 +283,7 @@ def open_metastore(url: str, *, connect_timeout: float | None = None) -> Metadat
                   if (v := _float_param(query, k, url)) is not None}
         if connect_timeout is not None:
             kwargs["connect_timeout"] = connect_timeout
-        return ZkMetadataStore(parts.netloc, parts.path or "/exfm", url=url, **kwargs)
+        return ZkMetadataStore(parts.netloc, parts.path or "/exfm", url=url, auth=auth, **kwargs)
     if url.startswith("sqlite://"):
         path = url[len("sqlite://"):]
         if path.startswith("//"):  # sqlite:////abs/path
@@ -270,6 +294,9 @@ def open_metastore(url: str, *, connect_timeout: float | None = None) -> Metadat
         path = url
     if not path or path.endswith("/") or path == ":memory:":
         raise ValueError(f"metastore url {url!r}: needs a database file path (an in-memory database cannot be shared)")
+    if auth is not None:
+        raise ValueError(f"metastore url {url!r}: ZooKeeper credentials (--zk-auth-file / --zk-auth-env) "
+                         f"apply to zk:// stores only; a SQLite store is protected by its file permissions")
     from .metastore_sqlite import SqliteMetadataStore
 
     return SqliteMetadataStore(path, url=url)

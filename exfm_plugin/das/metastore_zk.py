@@ -24,6 +24,16 @@ Other writes raise :class:`MetastoreUnavailable` while disconnected instead of q
 would otherwise send them whenever the connection returns). A write already handed to kazoo
 at the instant the connection drops may still reach the server after reconnection; it is
 versioned, so it can never override another owner's newer write.
+
+Access control (:mod:`.zk_auth`): opened with credentials, the store authenticates with its
+digest identities and creates the chroot and every node under it with the DAS ACL (read/write
+identity: all permissions; read-only identity: READ). Nodes it finds without that ACL (a
+namespace that was open before) are re-secured once, at open. The chroot's parents stay open:
+they hold nothing of DAS, and a non-empty chroot cannot be deleted through them. A store
+holding only the read-only identity creates nothing. The server refuses what an ACL does not
+grant with ``NoAuthError``; every such refusal becomes :class:`MetastoreAccessDenied`, one line
+naming the node and the missing permission. kazoo logs its AUTH packet (user and password) at
+DEBUG: the client here logs through a logger that redacts it.
 """
 from __future__ import annotations
 
@@ -38,10 +48,13 @@ from kazoo.exceptions import (
     BadVersionError,
     ConnectionClosedError,
     ConnectionLoss,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     SessionExpiredError,
 )
+from kazoo.protocol.serialization import Auth
+from kazoo.security import OPEN_ACL_UNSAFE, Permissions
 
 from .metastore import (
     CLAIMED,
@@ -49,6 +62,7 @@ from .metastore import (
     PENDING,
     LeaseLostError,
     MetadataStore,
+    MetastoreAccessDenied,
     MetastoreError,
     MetastoreUnavailable,
     ShardState,
@@ -56,10 +70,31 @@ from .metastore import (
     validate_lease,
     validate_name,
 )
+from .zk_auth import ZkAuth
 
 logger = logging.getLogger(__name__)
 
+
+class _RedactAuth(logging.Filter):
+    """Replace kazoo's AUTH request (``Auth(..., auth='user:password')``) in log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, Auth) for a in args):
+            record.args = tuple(f"Auth(scheme={a.scheme!r}, auth=<redacted>)" if isinstance(a, Auth) else a
+                                for a in args)
+        elif isinstance(record.msg, Auth):
+            record.msg = f"Auth(scheme={record.msg.scheme!r}, auth=<redacted>)"
+        return True
+
+
+_kazoo_logger = logging.getLogger(__name__ + ".kazoo")  # what our KazooClients log through
+_kazoo_logger.addFilter(_RedactAuth())
+_PERMS = {Permissions.READ: "READ", Permissions.WRITE: "WRITE", Permissions.CREATE: "CREATE",
+          Permissions.DELETE: "DELETE", Permissions.ADMIN: "ADMIN"}
+
 _CONNECTION_ERRORS = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
+READ, WRITE, CREATE, DELETE, ADMIN = "READ", "WRITE", "CREATE", "DELETE", "ADMIN"
 _MAX_RETRIES = 100  # re-reads after a lost race on an unrelated node; each retry means someone else progressed
 
 
@@ -72,6 +107,18 @@ def _decode(data: bytes, path: str) -> dict[str, Any]:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise MetastoreError(f"znode {path} holds data that is not JSON: {data[:80]!r}") from e
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _acl_key(acls: Iterable[Any]) -> set[tuple[int, str, str]]:
+    return {(a.perms, a.id.scheme, a.id.id) for a in acls}
+
+
+def _perm_names(perms: int) -> str:
+    return "ALL" if perms & 31 == 31 else "+".join(n for bit, n in _PERMS.items() if perms & bit) or "none"
 
 
 def _shard(shard_id: str, d: dict[str, Any]) -> ShardState:
@@ -90,6 +137,7 @@ class ZkMetadataStore(MetadataStore):
         connect_timeout: float = 5.0,
         session_timeout: float = 10.0,
         op_timeout: float = 10.0,
+        auth: ZkAuth | None = None,
     ) -> None:
         entries = [h.strip() for h in hosts.split(",")]
         for h in entries:
@@ -108,6 +156,7 @@ class ZkMetadataStore(MetadataStore):
         self._current_path = f"{chroot}/current"
         self._retired_path = f"{chroot}/retired"
         self._jobs_path = f"{chroot}/jobs"
+        self.auth = auth
 
         self._state_lock = threading.Lock()
         self._verify_lock = threading.Lock()
@@ -122,6 +171,9 @@ class ZkMetadataStore(MetadataStore):
             hosts=self.hosts,
             timeout=session_timeout,
             connection_retry={"max_tries": -1, "delay": 0.1, "backoff": 2, "max_jitter": 0.1, "max_delay": 2.0},
+            auth_data=auth.auth_data() if auth is not None else None,
+            default_acl=auth.acl() if auth is not None and not auth.read_only else None,
+            logger=_kazoo_logger,
         )
         self._client.add_listener(self._on_state)
         try:
@@ -135,12 +187,78 @@ class ZkMetadataStore(MetadataStore):
             self._shutdown()
             raise
         try:
-            for path in (self._current_path, self._retired_path, self._jobs_path):
-                self._wait(self._client.ensure_path_async(path), f"create {path}")
+            self._prepare_namespace()
         except BaseException:
             self._shutdown()
             raise
-        logger.info("opened ZooKeeper metadata store %s", self.url)
+        logger.info("opened ZooKeeper metadata store %s (%s)", self.url,
+                    "open namespace" if auth is None else f"as {auth.who()}")
+
+    # ---- namespace and access control -----------------------------------------------------------
+    def _prepare_namespace(self) -> None:
+        """Create the DAS nodes (secured when credentials were given); re-secure open ones."""
+        if self.auth is not None and self.auth.read_only:
+            if self._wait(self._client.exists_async(self.chroot), f"open {self.chroot}") is None:
+                raise MetastoreError(f"ZooKeeper namespace {self.chroot} does not exist at {self.hosts}, and a "
+                                     f"read-only identity creates nothing: start a DAS task with the "
+                                     f"read/write identity first")
+            return
+        if self.auth is not None:  # the parents are not DAS nodes: they stay open (see module docstring)
+            parent = _parent(self.chroot)
+            if parent != "/":
+                self._wait(self._client.ensure_path_async(parent, acl=OPEN_ACL_UNSAFE), f"create {parent}",
+                           path=_parent(parent), perm=CREATE)
+        for path in (self.chroot, self._current_path, self._retired_path, self._jobs_path):
+            self._wait(self._client.ensure_path_async(path), f"create {path}", path=_parent(path), perm=CREATE)
+        if self.auth is not None:
+            self._secure_existing()
+
+    def _secure_existing(self) -> None:
+        """Give every node under the chroot the DAS ACL if the chroot lacks it (a formerly open namespace)."""
+        target = self.auth.acl()
+        acls, _ = self._wait(self._client.get_acls_async(self.chroot), "read the ACL of the namespace",
+                             path=self.chroot, perm=READ)
+        if _acl_key(acls) == _acl_key(target):
+            return
+        fixed, todo = 0, [self.chroot]
+        while todo:
+            path = todo.pop()
+            what = f"secure {path}"
+            try:
+                acls, _ = self._wait(self._client.get_acls_async(path), what, path=path, perm=READ)
+                if _acl_key(acls) != _acl_key(target):
+                    self._wait(self._client.set_acls_async(path, target), what, path=path, perm=ADMIN)
+                    fixed += 1
+                children = self._wait(self._client.get_children_async(path), what, path=path, perm=READ)
+            except NoNodeError:
+                continue  # deleted meanwhile
+            todo.extend(f"{path}/{c}" for c in children)
+        logger.warning("ZooKeeper namespace %s had no DAS ACL: secured %d node(s) for %s", self.chroot, fixed,
+                       self.auth.who())
+
+    def access_summary(self) -> str:
+        """Who may change the namespace, read from the chroot's ACL (identities by user name only)."""
+        self._check_open()
+        acls, _ = self._wait(self._client.get_acls_async(self.chroot), "read the ACL of the namespace",
+                             path=self.chroot, perm=READ)
+        if any(a.id.scheme == "world" and a.perms & Permissions.WRITE for a in acls):
+            return (f"OPEN: {self.chroot} has no ACL; any client that reaches {self.hosts} may move the current "
+                    f"snapshot, extend leases and claim shards (protect it with --zk-auth-file / --zk-auth-env)")
+        grants = ", ".join(f"{a.id.scheme} {a.id.id.split(':', 1)[0]!r} {_perm_names(a.perms)}" for a in acls)
+        return f"protected: the ACL of {self.chroot} grants {grants}"
+
+    def _denied(self, what: str, path: str | None, perm: str | None) -> MetastoreAccessDenied:
+        path = path or self.chroot
+        perm = perm or "?"
+        if self.auth is None:
+            who, hint = ("this unauthenticated client",
+                         "the namespace has an ACL: give the DAS credentials with --zk-auth-file or --zk-auth-env")
+        elif self.auth.read_only:
+            who, hint = self.auth.who(), "a read-only identity may only read"
+        else:
+            who, hint = self.auth.who(), "the node's ACL does not grant it (wrong password, or other credentials own it)"
+        return MetastoreAccessDenied(f"{what}: ZooKeeper denied {perm} permission on {path} to {who}; {hint}",
+                                     path=path, permission=perm)
 
     # ---- connection state -----------------------------------------------------------------------
     def _on_state(self, state: str) -> None:
@@ -231,9 +349,13 @@ class ZkMetadataStore(MetadataStore):
             if self._possibly_lost:
                 raise self._conn_error(what, lease, "connection dropped again during re-verification")
 
-    def _wait(self, result: Any, what: str, *, lease: bool = False) -> Any:
+    def _wait(self, result: Any, what: str, *, lease: bool = False, path: str | None = None,
+              perm: str | None = None) -> Any:
+        """Wait for a kazoo result; ``path`` and ``perm`` name what an ACL refusal refused."""
         try:
             return result.get(timeout=self._op_timeout)
+        except NoAuthError:
+            raise self._denied(what, path, perm) from None
         except self._client.handler.timeout_exception as e:
             raise self._conn_error(what, lease, f"did not answer within {self._op_timeout:g} s") from e
         except _CONNECTION_ERRORS as e:
@@ -241,7 +363,13 @@ class ZkMetadataStore(MetadataStore):
 
     # ---- small helpers ---------------------------------------------------------------------------
     def _read_current(self, *, lease: bool = False) -> tuple[SnapshotLease | None, Any]:
-        data, stat = self._wait(self._client.get_async(self._current_path), "read the current snapshot", lease=lease)
+        try:
+            data, stat = self._wait(self._client.get_async(self._current_path), "read the current snapshot",
+                                    lease=lease, path=self._current_path, perm=READ)
+        except NoNodeError:
+            if self.auth is not None and self.auth.read_only:
+                return None, None  # a read-only client on a namespace no task has finished creating
+            raise
         if not data:
             return None, stat
         d = _decode(data, self._current_path)
@@ -252,20 +380,21 @@ class ZkMetadataStore(MetadataStore):
 
     def _read_shard(self, job_id: str, shard_id: str, *, lease: bool = False) -> tuple[ShardState, Any]:
         path = self._shard_path(job_id, shard_id)
-        data, stat = self._wait(self._client.get_async(path), f"read shard {job_id}/{shard_id}", lease=lease)
+        data, stat = self._wait(self._client.get_async(path), f"read shard {job_id}/{shard_id}", lease=lease,
+                                path=path, perm=READ)
         return _shard(shard_id, _decode(data, path)), stat
 
     def _read_children(self, parent: str, what: str) -> dict[str, tuple[dict[str, Any], Any]]:
         """Read all children of ``parent`` in parallel; children deleted meanwhile are skipped."""
         try:
-            names = self._wait(self._client.get_children_async(parent), what)
+            names = self._wait(self._client.get_children_async(parent), what, path=parent, perm=READ)
         except NoNodeError:
             return {}
         pending = [(n, self._client.get_async(f"{parent}/{n}")) for n in sorted(names)]
         out = {}
         for name, res in pending:
             try:
-                data, stat = self._wait(res, what)
+                data, stat = self._wait(res, what, path=f"{parent}/{name}", perm=READ)
             except NoNodeError:
                 continue
             out[name] = (_decode(data, f"{parent}/{name}"), stat)
@@ -286,10 +415,13 @@ class ZkMetadataStore(MetadataStore):
         for _ in range(_MAX_RETRIES):
             self._guard_write(what, lease=False)
             cur, stat = self._read_current()
+            if stat is None:
+                raise MetastoreError(f"{what}: {self._current_path} does not exist at {self.hosts}")
             if (cur is None) != (expected_version is None) or (cur is not None and cur.version != expected_version):
                 return False
             now = time.time()
             txn = self._client.transaction()
+            ops = [(self._current_path, WRITE)]  # (node, permission) of each operation, for refusals
             txn.set_data(
                 self._current_path,
                 _encode({"snapshot_id": snapshot_id, "lease_expires_at": now + lease_seconds, "owner": owner,
@@ -302,13 +434,19 @@ class ZkMetadataStore(MetadataStore):
                 old_stat = self._wait(self._client.exists_async(old), what)
                 if old_stat is None:
                     txn.create(old, payload)
+                    ops.append((self._retired_path, CREATE))
                 else:
                     txn.set_data(old, payload, version=old_stat.version)
+                    ops.append((old, WRITE))
             new = f"{self._retired_path}/{snapshot_id}"
             new_stat = self._wait(self._client.exists_async(new), what)
             if new_stat is not None:
                 txn.delete(new, version=new_stat.version)
-            results = self._wait(txn.commit_async(), what)
+                ops.append((self._retired_path, DELETE))
+            results = self._wait(txn.commit_async(), what, path=self._current_path, perm=WRITE)
+            for (path, perm), r in zip(ops, results):
+                if isinstance(r, NoAuthError):
+                    raise self._denied(what, path, perm)
             failed = [r for r in results if isinstance(r, Exception)]
             if not failed:
                 self._remember(current=snapshot_id)
@@ -335,7 +473,7 @@ class ZkMetadataStore(MetadataStore):
                        "owner": owner, "updated_at": now}
             try:
                 self._wait(self._client.set_async(self._current_path, _encode(payload), version=stat.version),
-                           what, lease=True)
+                           what, lease=True, path=self._current_path, perm=WRITE)
             except BadVersionError:
                 continue  # extended or replaced meanwhile: re-read
             self._remember(current=snapshot_id)
@@ -358,7 +496,7 @@ class ZkMetadataStore(MetadataStore):
         for _ in range(_MAX_RETRIES):
             self._guard_write(what, lease=False)
             try:
-                data, stat = self._wait(self._client.get_async(path), what)
+                data, stat = self._wait(self._client.get_async(path), what, path=path, perm=READ)
             except NoNodeError:
                 return False
             if time.time() < _decode(data, path)["lease_expires_at"]:
@@ -366,7 +504,8 @@ class ZkMetadataStore(MetadataStore):
             # A snapshot made current again has its retired/ node deleted in the same transaction,
             # so an unchanged node version proves it is still retired and expired.
             try:
-                self._wait(self._client.delete_async(path, version=stat.version), what)
+                self._wait(self._client.delete_async(path, version=stat.version), what,
+                           path=self._retired_path, perm=DELETE)
             except BadVersionError:
                 continue
             except NoNodeError:
@@ -381,12 +520,13 @@ class ZkMetadataStore(MetadataStore):
         ids = [validate_name("shard_id", s) for s in shard_ids]
         what = f"register shards of job {job_id}"
         self._guard_write(what, lease=False)
-        self._wait(self._client.ensure_path_async(f"{self._jobs_path}/{job_id}"), what)
+        self._wait(self._client.ensure_path_async(f"{self._jobs_path}/{job_id}"), what, path=self._jobs_path,
+                   perm=CREATE)
         payload = _encode({"state": PENDING, "owner": None, "lease_expires_at": None, "attempts": 0})
         pending = [self._client.create_async(self._shard_path(job_id, s), payload) for s in ids]
         for res in pending:
             try:
-                self._wait(res, what)
+                self._wait(res, what, path=f"{self._jobs_path}/{job_id}", perm=CREATE)
             except NodeExistsError:
                 pass  # already registered: keep its state
 
@@ -408,7 +548,8 @@ class ZkMetadataStore(MetadataStore):
                 self._guard_write(what, lease=False)
                 try:
                     self._wait(self._client.set_async(self._shard_path(job_id, sid), _encode(payload),
-                                                      version=stat.version), what)
+                                                      version=stat.version), what,
+                               path=self._shard_path(job_id, sid), perm=WRITE)
                 except (BadVersionError, NoNodeError):
                     continue  # someone else got it first: try the next one
                 self._remember(shard=(job_id, sid))
@@ -433,7 +574,8 @@ class ZkMetadataStore(MetadataStore):
                        "attempts": st.attempts, **change}
             try:
                 self._wait(self._client.set_async(self._shard_path(job_id, shard_id), _encode(payload),
-                                                  version=stat.version), what, lease=True)
+                                                  version=stat.version), what, lease=True,
+                           path=self._shard_path(job_id, shard_id), perm=WRITE)
             except BadVersionError:
                 continue  # changed meanwhile (e.g. our own renew from another thread): re-check
             return True
