@@ -1,9 +1,16 @@
 """``exfm das``: publish FM snapshots, run DAS workers, inspect the metadata store.
 
     exfm das publish --snapshots DIR --model-params JSON_OR_YAML --weights PT --feature-map-dir DIR [--day N]
+                     [--spd-key-file KEYS ...]
     exfm das run --snapshots DIR [--metastore URL] --day-files VM=PATH [VM@TASK=PATH ...] --out DIR
                  [--engine inproc|ray] [--workers N] [--shard-rows N] [--poll SECONDS]
-    exfm das status [--metastore URL | --snapshots DIR] [--job ID | --day N]
+                 [--spd-key-file KEYS ...] [--zk-auth-file PATH | --zk-auth-env NAME]
+    exfm das status [--metastore URL | --snapshots DIR] [--job ID | --day N] [--zk-auth-file PATH | --zk-auth-env NAME]
+
+Security (README "Running DAS safely"): ``--spd-key-file`` signs published snapshots and makes
+``run`` refuse unsigned or wrongly signed ones; ``--zk-auth-file`` / ``--zk-auth-env`` give the
+ZooKeeper identities whose digest ACLs protect the DAS namespace. Secrets are read from files or
+the environment only, never from the command line.
 
 ``--metastore`` defaults to ``sqlite:///<snapshots>/das.db``. Start ``exfm das run`` on as many
 machines or processes as you like with the same arguments: they share the work through the
@@ -28,6 +35,34 @@ def default_metastore(snapshots: str) -> str:
     return f"sqlite:///{os.path.join(os.path.abspath(snapshots), 'das.db').lstrip('/')}"
 
 
+def _add_key_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spd-key-file", action="append", default=[], metavar="KEYS",
+                   help="file of SPD signing keys, one a line (at least 32 characters); repeat or put several "
+                        "lines to rotate: the first key signs, every key is accepted; snapshots whose manifest "
+                        "signature is missing or wrong are refused")
+
+
+def _add_zk_auth_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--zk-auth-file", default=None, metavar="PATH",
+                   help="file with the ZooKeeper identities ('rw = user:password', optional 'ro = user:password'); "
+                        "DAS nodes get digest ACLs. Without it the namespace is open to any client")
+    g.add_argument("--zk-auth-env", default=None, metavar="NAME",
+                   help="name of an environment variable holding what --zk-auth-file would hold")
+
+
+def _zk_auth(args: argparse.Namespace) -> Any:
+    from .zk_auth import load_zk_auth
+
+    return load_zk_auth(file=getattr(args, "zk_auth_file", None), env=getattr(args, "zk_auth_env", None))
+
+
+def _spd_keys(args: argparse.Namespace) -> Any:
+    from .signing import SigningKeys
+
+    return SigningKeys.from_files(args.spd_key_file) if args.spd_key_file else None
+
+
 def add_das_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``exfm das`` and its subcommands on the top-level parser."""
     p = sub.add_parser("das", help="Data Augmentation Service: FM snapshots -> FM-augmented VM splits",
@@ -49,6 +84,7 @@ def add_das_parser(sub: argparse._SubParsersAction) -> None:
                      help="directory with the FM's feature_map.json (and vocab / pretrained tables)")
     pub.add_argument("--day", type=int, default=None, help="last day the FM was trained on")
     pub.add_argument("--snapshot-id", default=None, help="id of the snapshot (default: generated)")
+    _add_key_option(pub)
     pub.set_defaults(das_func=_run_publish)
 
     run = dsub.add_parser("run", help="run one DAS worker: poll the SPD, load the snapshot, augment a day")
@@ -75,6 +111,8 @@ def add_das_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                      help="keep running: poll the SPD every SECONDS and augment the day with each new snapshot")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    _add_key_option(run)
+    _add_zk_auth_options(run)
     run.set_defaults(das_func=_run_run)
 
     st = dsub.add_parser("status", help="current snapshot and its lease; shards of a job")
@@ -83,6 +121,7 @@ def add_das_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--job", default=None, help="job id (<day>-<snapshot_id>)")
     st.add_argument("--day", type=int, default=None, help="show the job of this day with the current snapshot")
     st.add_argument("--json", action="store_true", help="print JSON")
+    _add_zk_auth_options(st)
     st.set_defaults(das_func=_run_status)
 
 
@@ -121,6 +160,7 @@ def _run_publish(args: argparse.Namespace) -> int:
     from ..config import build_model
     from .spd import SnapshotStore
 
+    keys = _spd_keys(args)  # a bad key file fails before any work
     params = _load_params(args.model_params, args.expid)
     fmap_path = os.path.join(args.feature_map_dir, "feature_map.json")
     if not os.path.exists(fmap_path):
@@ -142,7 +182,7 @@ def _run_publish(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         raise ValueError(f"--weights {args.weights} do not fit model {params['model']} built from "
                          f"--model-params: {exc}") from None
-    info = SnapshotStore(args.snapshots).publish(model, model_params=params, feature_map_dir=args.feature_map_dir,
+    info = SnapshotStore(args.snapshots, keys=keys).publish(model, model_params=params, feature_map_dir=args.feature_map_dir,
                                                  trained_through_day=args.day, snapshot_id=args.snapshot_id)
     print(json.dumps({"snapshot_id": info.snapshot_id, "snapshots": os.path.abspath(args.snapshots)}))
     return 0
@@ -157,9 +197,12 @@ def _run_run(args: argparse.Namespace) -> int:
 
     vms = [VMSpec.parse(s) for s in args.day_files]
     owner = args.owner or default_owner()
-    snapshots = SnapshotStore(args.snapshots)
+    keys = _spd_keys(args)
+    if keys is None:
+        logger.warning("no --spd-key-file: snapshots are checked by sha256 only, not authenticated")
+    snapshots = SnapshotStore(args.snapshots, keys=keys)
     url = args.metastore or default_metastore(args.snapshots)
-    with open_metastore(url) as store:
+    with open_metastore(url, auth=_zk_auth(args)) as store:
         poll = args.poll or 60.0
         updater = Updater(snapshots, store, owner=owner, poll_interval=poll,
                           lease_seconds=args.snapshot_lease or max(600.0, 3 * poll))
@@ -203,7 +246,8 @@ def _run_jobs(args: argparse.Namespace, store: Any, snapshots: Any, vms: list, o
                     engine = (None if args.engine == "inproc" else
                               (lambda _l, sid=snapshot_id: make_engine(
                                   "ray", snapshot_store_root=args.snapshots, snapshot_id=sid,
-                                  num_workers=args.workers, batch_size=args.batch_size)))
+                                  num_workers=args.workers, batch_size=args.batch_size,
+                                  spd_key_files=args.spd_key_file)))
                     report = run_worker(job, store, owner, args.lease, loaded=loaded[snapshot_id], engine=engine,
                                         batch_size=args.batch_size, poll_interval=min(1.0, args.lease / 4),
                                         progress=not args.no_progress)
@@ -234,14 +278,15 @@ def _run_status(args: argparse.Namespace) -> int:
         return 2
     url = args.metastore or default_metastore(args.snapshots)
     now = time.time()
-    with open_metastore(url) as store:
+    with open_metastore(url, auth=_zk_auth(args)) as store:
+        access = store.access_summary()
         current = store.get_current()
         job_id = args.job
         if job_id is None and args.day is not None and current is not None:
             job_id = f"{args.day}-{current.snapshot_id}"
         shards = store.job_status(job_id) if job_id else {}
         expired = store.expired_snapshots(now)
-    out: dict[str, Any] = {"metastore": url, "now": now, "expired_snapshots": expired,
+    out: dict[str, Any] = {"metastore": url, "access": access, "now": now, "expired_snapshots": expired,
                            "current": None if current is None else {
                                "snapshot_id": current.snapshot_id, "version": current.version,
                                "owner": current.owner, "lease_expires_at": current.lease_expires_at,
@@ -258,6 +303,7 @@ def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     print(f"metastore {url}")
+    print(f"access: {access}")
     if current is None:
         print("current snapshot: none")
     else:
@@ -283,8 +329,10 @@ def run_das(args: argparse.Namespace) -> int:
     from ..data.dayfile import DayFileError
     from .augmenter import AugmentError
     from .metastore import MetastoreError
+    from .spd import SPDError
 
-    errors: tuple[type[BaseException], ...] = (AugmentError, DayFileError, MetastoreError, FileNotFoundError, ValueError)
+    errors: tuple[type[BaseException], ...] = (AugmentError, DayFileError, MetastoreError, SPDError,
+                                               FileNotFoundError, ValueError)
     try:
         from .spd import FeatureMapMismatch
 

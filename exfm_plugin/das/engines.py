@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -167,11 +167,14 @@ class InProcessEngine:
 class _SnapshotPredictor:
     """The Ray Data callable class: one per actor, loading the snapshot once from the SPD."""
 
-    def __init__(self, snapshot_store_root: str, snapshot_id: str, threads: int) -> None:
+    def __init__(self, snapshot_store_root: str, snapshot_id: str, threads: int,
+                 spd_key_files: Sequence[str] = ()) -> None:
+        from .signing import SigningKeys
         from .spd import SnapshotStore
 
         torch.set_num_threads(max(1, threads))
-        self.loaded = SnapshotStore(snapshot_store_root).load(snapshot_id, device="cpu")
+        keys = SigningKeys.from_files(spd_key_files) if spd_key_files else None  # paths travel, not keys
+        self.loaded = SnapshotStore(snapshot_store_root, keys=keys).load(snapshot_id, device="cpu")
         logging.getLogger(__name__).info("Ray actor pid %d loaded snapshot %s", os.getpid(), snapshot_id)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -211,13 +214,14 @@ class RayEngine:
 
     def __init__(self, snapshot_store_root: str, snapshot_id: str, num_workers: int = 1,
                  batch_size: int = 8192, *, cpus_per_worker: float = 1.0,
-                 ray_init: Mapping[str, Any] | None = None) -> None:
+                 ray_init: Mapping[str, Any] | None = None, spd_key_files: Sequence[str] = ()) -> None:
         if num_workers < 1 or batch_size < 1:
             raise ValueError(f"num_workers={num_workers} and batch_size={batch_size} must be >= 1")
         import ray
 
         self.snapshot_store_root = os.path.abspath(os.fspath(snapshot_store_root))
         self.snapshot_id = snapshot_id
+        self.spd_key_files = tuple(os.path.abspath(os.fspath(p)) for p in spd_key_files)
         self.num_workers = int(num_workers)
         self.batch_size = int(batch_size)
         self.cpus_per_worker = float(cpus_per_worker)
@@ -247,7 +251,8 @@ class RayEngine:
         blocks = [table.slice(a, min(step, n - a)) for a in range(0, n, step)]
         ds = ray.data.from_arrow(blocks).map_batches(
             _SnapshotPredictor,
-            fn_constructor_args=(self.snapshot_store_root, self.snapshot_id, max(1, int(self.cpus_per_worker))),
+            fn_constructor_args=(self.snapshot_store_root, self.snapshot_id, max(1, int(self.cpus_per_worker)),
+                                 self.spd_key_files),
             batch_size=self.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.num_workers),
@@ -275,7 +280,7 @@ class RayEngine:
 
 def make_engine(kind: str, *, loaded_snapshot: Any = None, snapshot_store_root: str | None = None,
                 snapshot_id: str | None = None, num_workers: int = 1, batch_size: int = 8192,
-                ray_init: Mapping[str, Any] | None = None) -> Engine:
+                ray_init: Mapping[str, Any] | None = None, spd_key_files: Sequence[str] = ()) -> Engine:
     """The engine named by the CLI's ``--engine`` (``inproc`` or ``ray``)."""
     if kind == "inproc":
         if loaded_snapshot is None:
@@ -284,5 +289,6 @@ def make_engine(kind: str, *, loaded_snapshot: Any = None, snapshot_store_root: 
     if kind == "ray":
         if snapshot_store_root is None or snapshot_id is None:
             raise ValueError("engine 'ray' needs snapshot_store_root and snapshot_id")
-        return RayEngine(snapshot_store_root, snapshot_id, num_workers, batch_size, ray_init=ray_init)
+        return RayEngine(snapshot_store_root, snapshot_id, num_workers, batch_size, ray_init=ray_init,
+                         spd_key_files=spd_key_files)
     raise ValueError(f"engine={kind!r}; expected 'inproc' or 'ray'")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from typing import Any, Iterable
@@ -75,16 +76,27 @@ from .zk_auth import ZkAuth
 logger = logging.getLogger(__name__)
 
 
+_DIGEST_ID = re.compile(r"(Id\(scheme='digest', id='[^:']*:)[^']*'")
+
+
+def _redacted(arg: Any) -> Any:
+    if isinstance(arg, Auth):
+        return f"Auth(scheme={arg.scheme!r}, auth=<redacted>)"
+    if isinstance(arg, (str, int, float, type(None))):
+        return arg
+    text = repr(arg)
+    return _DIGEST_ID.sub(r"\1<redacted>'", text) if "Id(scheme='digest'" in text else arg
+
+
 class _RedactAuth(logging.Filter):
-    """Replace kazoo's AUTH request (``Auth(..., auth='user:password')``) in log records."""
+    """Redact kazoo's AUTH request (``Auth(..., auth='user:password')``) and the password digests
+    of ACLs (``Id(scheme='digest', id='user:<sha1>')``, guessable offline) in log records."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and any(isinstance(a, Auth) for a in args):
-            record.args = tuple(f"Auth(scheme={a.scheme!r}, auth=<redacted>)" if isinstance(a, Auth) else a
-                                for a in args)
-        elif isinstance(record.msg, Auth):
-            record.msg = f"Auth(scheme={record.msg.scheme!r}, auth=<redacted>)"
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted(a) for a in record.args)
+        elif record.args is None or not record.args:
+            record.msg = _redacted(record.msg)
         return True
 
 

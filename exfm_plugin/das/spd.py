@@ -9,6 +9,7 @@ One snapshot is one directory ``root/<snapshot_id>/``::
     feature_map/feature_vocab.json  fuxictr's vocabulary (when the dataset has one)
     feature_map/<pretrained files>  every ``pretrained_emb`` file the feature map references
     manifest.json                   written last: ids, model, labels, sha256 + size of every file
+    signature.json                  with a key: HMAC-SHA256 of the whole manifest (see .signing)
 
 Why this shape: a snapshot is read by tasks that did not train it, possibly on other machines
 and after the training data is gone, so it carries everything ``build_model`` and fuxictr's
@@ -18,6 +19,12 @@ Atomicity: a publish writes into ``root/.tmp-<id>-<pid>-<rand>/`` (every file fs
 renames it to ``root/<id>/`` in one ``os.rename``: a reader sees a whole snapshot or nothing.
 Names starting with ``.`` are never snapshots (temporary or deleted directories), and a
 directory without ``manifest.json`` is never listed. An existing id is never overwritten.
+
+Authenticity: checksums only prove that files and manifest agree. A store opened with
+``keys`` (:class:`~.signing.SigningKeys`, from ``--spd-key-file``) signs each manifest it
+publishes with the first key and refuses, in :meth:`SnapshotStore.verify` and so in every
+load, any snapshot whose signature is missing or verifies under none of the keys
+(:class:`SnapshotUnauthenticated`). Without keys, signatures are neither written nor checked.
 
 Ids generated here are ``<UTC time with microseconds>Z-<model tag>-<4 hex>``, e.g.
 ``20250107T101502.123456Z-dcn-3f9a``: string order is creation order. Listing orders by
@@ -43,6 +50,7 @@ import torch
 from fuxictr.features import FeatureMap
 
 from ..fsutil import fsync_dir
+from .signing import SignatureError, SigningKeys
 
 __all__ = [
     "FeatureMapMismatch",
@@ -54,6 +62,7 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotNotFound",
     "SnapshotStore",
+    "SnapshotUnauthenticated",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +70,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "exfm-snapshot"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
 WEIGHTS = "weights.pt"
 MODEL_PARAMS = "model_params.json"
 FEATURE_MAP_DIR = "feature_map"
@@ -100,6 +110,18 @@ class SnapshotCorrupt(SPDError):
         self.file = file
         self.expected = expected
         self.actual = actual
+
+
+class SnapshotUnauthenticated(SPDError):
+    """A key is configured and the snapshot's manifest signature is missing or wrong: refused.
+
+    ``reason`` says which (never a key).
+    """
+
+    def __init__(self, message: str, *, snapshot_id: str, reason: str) -> None:
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
+        self.reason = reason
 
 
 class FeatureMapMismatch(SPDError, ValueError):
@@ -427,10 +449,15 @@ def _compare_columns(ours: Mapping[str, dict], columns: Mapping[str, dict]) -> d
 
 # --------------------------------------------------------------------------- the store
 class SnapshotStore:
-    """The SPD rooted at ``root`` (created if missing). Safe for concurrent publishers and readers."""
+    """The SPD rooted at ``root`` (created if missing). Safe for concurrent publishers and readers.
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    ``keys``: sign published manifests with the first key and accept only snapshots signed by
+    one of them (see the module docstring); None: no signatures (as before).
+    """
+
+    def __init__(self, root: str | os.PathLike, keys: SigningKeys | None = None) -> None:
         self.root = os.path.abspath(os.fspath(root))
+        self.keys = keys
         os.makedirs(self.root, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -515,6 +542,9 @@ class SnapshotStore:
                 "files": dict(sorted(files.items())),
             }
             _write_json(os.path.join(tmp, MANIFEST), manifest)
+            if self.keys is not None:  # sign what a reader will parse back
+                with open(os.path.join(tmp, MANIFEST), encoding="utf-8") as f:
+                    _write_json(os.path.join(tmp, SIGNATURE), self.keys.sign(json.load(f)))
             for dirpath, _, _ in os.walk(tmp):
                 fsync_dir(dirpath)
             if os.path.lexists(final):
@@ -530,8 +560,9 @@ class SnapshotStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         info = SnapshotInfo.from_manifest(final, manifest)
-        logger.info("published snapshot %s (%s, dataset %s, trained through day %s) to %s",
-                    snapshot_id, name, dataset_id, trained_through_day, final)
+        logger.info("published snapshot %s (%s, dataset %s, trained through day %s) to %s%s",
+                    snapshot_id, name, dataset_id, trained_through_day, final,
+                    "" if self.keys is None else f", signed with SPD key id {self.keys.signing_key_id}")
         return info
 
     @staticmethod
@@ -616,10 +647,37 @@ class SnapshotStore:
         """The manifest of one snapshot; :class:`SnapshotNotFound` / :class:`SnapshotCorrupt`."""
         return self._read_manifest(snapshot_id)
 
+    def verify_signature(self, info: SnapshotInfo) -> str | None:
+        """With keys: the id of the key that signed ``info``'s manifest, or
+        :class:`SnapshotUnauthenticated`; without keys: None (nothing checked)."""
+        if self.keys is None:
+            return None
+        sid = info.snapshot_id
+        path = os.path.join(info.path, SIGNATURE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                signature = json.load(f)
+        except FileNotFoundError:
+            signature = None
+        except (OSError, ValueError) as e:
+            raise SnapshotUnauthenticated(
+                f"snapshot {sid} refused: {SIGNATURE} is unreadable ({type(e).__name__}) and an SPD key is "
+                f"configured", snapshot_id=sid, reason="signature unreadable") from None
+        try:
+            key_id = self.keys.verify(info.manifest, signature)
+        except SignatureError as e:
+            raise SnapshotUnauthenticated(
+                f"snapshot {sid} refused: {e}; an SPD key is configured, so only snapshots whose "
+                f"{MANIFEST} is signed by an accepted key are loaded", snapshot_id=sid, reason=str(e)) from None
+        logger.debug("snapshot %s: manifest signed with SPD key id %s", sid, key_id)
+        return key_id
+
     def verify(self, snapshot_id: str) -> SnapshotInfo:
-        """Check every file's size and sha256 against the manifest; raise :class:`SnapshotCorrupt`
-        naming the first bad file."""
+        """Check the manifest's signature (when the store has keys), then every file's size and
+        sha256 against the manifest; raise :class:`SnapshotUnauthenticated` or
+        :class:`SnapshotCorrupt` naming the first bad file."""
         info = self._read_manifest(snapshot_id)
+        self.verify_signature(info)
         for rel, entry in info.files.items():
             full = os.path.join(info.path, *rel.split("/"))
             try:
