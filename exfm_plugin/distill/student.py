@@ -12,15 +12,16 @@ import os
 
 import torch
 from fuxictr.pytorch.models import BaseModel
-from fuxictr.pytorch.torch_utils import get_optimizer
 from torch import nn
 
 from ..metrics import ExFMMetricsMixin
 from ..models.base import check_protocol
+from ..models.sparse_optim import build_optimizer, clip_grad_norm_
+from ..models.training import autocast, compiled
 from .config import DistillConfig
 from .grad_scale import grad_scale
 from .heads import DistillationHead, StudentAdapter
-from .losses import check_teacher_probs, h, scale_labels
+from .losses import TeacherProbCheck, h, scale_labels
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +98,36 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
             self.adapter = StudentAdapter(config.adapter_hidden_units, config.adapter_input,
                                           config.adapter_residual, config.adapter_eps)
         self._last_terms: dict[str, torch.Tensor] = {}
+        # invalid FM probabilities are counted on the device and read every N steps (see losses)
+        self._teacher_check = TeacherProbCheck(config.fm_pred_column,
+                                               every=1 if self.device.type == "cpu" else 100)
         self._max_gradient_norm = 10.0  # fuxictr sets it in fit(); train_step may run without
         vm_opt = getattr(vm, "optimizer", None)
-        self.compile(optimizer or (type(vm_opt).__name__ if vm_opt else "Adam"),
+        default_opt = "Adam" if vm_opt is None or self.embedding_update == "sparse" else type(vm_opt).__name__
+        self.compile(optimizer or default_opt,
                      learning_rate or (vm_opt.param_groups[0]["lr"] if vm_opt else 1e-3))
         self.to(self.device)
 
+    # the VM's training options (exfm_plugin.models.training) govern the student's step too
+    @property
+    def embedding_update(self) -> str:
+        return getattr(self.vm, "embedding_update", "dense")
+
+    @property
+    def precision(self) -> str:
+        return getattr(self.vm, "precision", "fp32")
+
+    @property
+    def torch_compile(self) -> bool:
+        return getattr(self.vm, "torch_compile", False)
+
     # ---- set-up -------------------------------------------------------------------------
     def compile(self, optimizer, lr, loss=None):
-        """One optimizer for the VM and its heads, a separate Adam for the adapter: the
-        adapter is trained only by its own loss (Algorithm 1, step 1)."""
-        self.optimizer = get_optimizer(optimizer, self.student_parameters(), lr)
+        """One optimizer for the VM and its heads (lazy Adam when the VM's embeddings are
+        row-sparse), a separate Adam for the adapter: the adapter is trained only by its own
+        loss (Algorithm 1, step 1)."""
+        self._student_params = self.student_parameters()
+        self.optimizer = build_optimizer(optimizer, self._student_params, lr, self.embedding_update)
         self.adapter_optimizer = (torch.optim.Adam(self.adapter.parameters(), lr=self.config.adapter_lr)
                                   if self.config.trains_adapter else None)
 
@@ -141,8 +161,12 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
             raise KeyError(f"method={self.config.method!r} needs the FM supervision column "
                            f"{column!r} in every training batch; the batch has {sorted(inputs)}")
         p = inputs[column].to(self.device).float().view(-1, 1)
-        check_teacher_probs(p, column)
+        self._teacher_check.observe(p)
         return p
+
+    def check_teacher_supervision(self) -> None:
+        """Raise if any FM probability trained on so far was NaN or outside [0, 1]."""
+        self._teacher_check.check()
 
     def adapter_step(self, p_teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Algorithm 1 step 1: update SA alone on L_sta = h(SA(p_F), y)."""
@@ -184,10 +208,12 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
             with torch.no_grad():  # stop-gradient: the VM loss never reaches SA
                 t_adapter = torch.sigmoid(self.adapter(p_teacher))
         self.optimizer.zero_grad()
-        terms = self.loss_terms(batch_data, p_teacher, t_adapter)
-        loss = sum(terms.values()) + self.regularization_loss()
+        loss_terms = compiled(self, "loss_terms", self.loss_terms) if self.torch_compile else self.loss_terms
+        with autocast(self.device, self.precision):
+            terms = loss_terms(batch_data, p_teacher, t_adapter)
+            loss = sum(terms.values()) + self.regularization_loss()
         loss.backward()
-        nn.utils.clip_grad_norm_(self.student_parameters(), self._max_gradient_norm)
+        clip_grad_norm_(self._student_params, self._max_gradient_norm)
         self.optimizer.step()
         logged.update({k: v.detach() for k, v in terms.items()})
         logged["total"] = loss.detach()
@@ -203,7 +229,9 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
 
     def fit(self, data_generator, epochs=1, validation_data=None, max_gradient_norm=10., **kwargs):
         os.makedirs(self.model_dir, exist_ok=True)
-        return super().fit(data_generator, epochs, validation_data, max_gradient_norm, **kwargs)
+        result = super().fit(data_generator, epochs, validation_data, max_gradient_norm, **kwargs)
+        self.check_teacher_supervision()
+        return result
 
 
 def export_serving_model(student: ExFMStudent):
@@ -211,6 +239,7 @@ def export_serving_model(student: ExFMStudent):
     no adapter, so its cost equals the same VM trained with ``none``."""
     if not isinstance(student, ExFMStudent):
         raise TypeError(f"expected an ExFMStudent, got {type(student).__name__}")
+    student.check_teacher_supervision()  # never serve a model trained on invalid supervision
     vm = copy.deepcopy(student.vm)
     vm.train_label_mean = student.train_label_mean  # NE of the served model keeps its base rate
     vm.eval()

@@ -15,16 +15,19 @@ from fuxictr.pytorch.models import BaseModel
 from torch import nn
 
 from ..metrics import ExFMMetricsMixin
+from .training import TrainingOptionsMixin
 
 LOGIT_LOSSES = {"bce", "binary_crossentropy", "binary_cross_entropy"}
 
 
-class ExFMModel(ExFMMetricsMixin, BaseModel):
+class ExFMModel(TrainingOptionsMixin, ExFMMetricsMixin, BaseModel):
     """A FuxiCTR ranking model split into a backbone and a serving head.
 
     Subclasses implement :meth:`backbone` and :meth:`serving_head`; ``forward`` composes
     them and returns fuxictr's ``{"y_pred": ...}`` (plus the raw ``logit``), so fuxictr's
-    ``fit`` / ``evaluate`` / ``predict`` work unchanged.
+    ``fit`` / ``evaluate`` / ``predict`` work unchanged. Every subclass also takes the
+    training options ``embedding_update``, ``precision`` and ``torch_compile``
+    (:mod:`exfm_plugin.models.training`).
     """
 
     def backbone(self, X: dict[str, torch.Tensor]) -> torch.Tensor:

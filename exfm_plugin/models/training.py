@@ -1,0 +1,153 @@
+"""Training options every model takes as plain constructor kwargs (so YAML / grid model params
+reach them): ``embedding_update``, ``precision``, ``torch_compile``.
+
+- ``embedding_update: dense | sparse`` (default ``dense``): ``sparse`` gives the feature
+  embedding tables row-sparse gradients and updates them with :class:`LazyAdam` (only the rows
+  a batch looked up move; dense parameters keep torch's Adam). The embedding regulariser is
+  then applied to the rows the batch touched, each touched row once per step (the padding row
+  excluded): ``sum_p lambda_p / p * ||W[rows]||_p^p``, where the dense mode sums over the whole
+  table. When a batch touches every row the two are the same loss.
+- ``precision: fp32 | bf16`` (default ``fp32``): ``bf16`` runs the training forward and loss
+  under ``torch.autocast(dtype=bfloat16)``; parameters, gradients and the optimizer stay fp32.
+- ``torch_compile: bool`` (default ``False``): the training forward goes through
+  ``torch.compile`` (prediction and evaluation stay eager).
+
+:class:`TrainingOptionsMixin` gives any fuxictr ``BaseModel`` / ``MultiTaskModel`` subclass
+these options: put it first among the bases, e.g. ``class M(TrainingOptionsMixin, MultiTaskModel)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from fuxictr.pytorch.layers import FeatureEmbeddingDict
+from fuxictr.pytorch.torch_utils import get_regularizer
+from torch import nn
+
+from .sparse_optim import EMBEDDING_UPDATES, build_optimizer, clip_grad_norm_, enable_sparse_embeddings
+
+PRECISIONS = ("fp32", "bf16")
+TRAINING_OPTIONS = ("embedding_update", "precision", "torch_compile")
+
+_COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[str, Callable]]" = weakref.WeakKeyDictionary()
+
+
+def validate_training_options(embedding_update: str, precision: str, torch_compile: bool) -> None:
+    """Raise a ValueError naming the option and its allowed values."""
+    if embedding_update not in EMBEDDING_UPDATES:
+        raise ValueError(f"embedding_update={embedding_update!r} is not one of {list(EMBEDDING_UPDATES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    if not isinstance(torch_compile, bool):
+        raise ValueError(f"torch_compile={torch_compile!r} must be true or false")
+    if torch_compile and embedding_update == "sparse":
+        raise ValueError("torch_compile=True does not support embedding_update='sparse' "
+                         "(torch.compile cannot trace row-sparse embedding gradients)")
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compiled(owner: nn.Module, name: str, fn: Callable) -> Callable:
+    """``torch.compile(fn)``, built once per ``owner`` and kept off the module so that
+    ``deepcopy`` / ``state_dict`` of the model never see it."""
+    cache = _COMPILED.setdefault(owner, {})
+    if name not in cache:
+        cache[name] = torch.compile(fn)
+    return cache[name]
+
+
+class TrainingOptionsMixin:
+    """``embedding_update`` / ``precision`` / ``torch_compile`` for a fuxictr model."""
+
+    embedding_update: str = "dense"
+    precision: str = "fp32"
+    torch_compile: bool = False
+
+    def __init__(self, feature_map, *args, embedding_update: str = "dense", precision: str = "fp32",
+                 torch_compile: bool = False, **kwargs):
+        validate_training_options(embedding_update, precision, torch_compile)
+        super().__init__(feature_map, *args, **kwargs)
+        self.embedding_update = embedding_update
+        self.precision = precision
+        self.torch_compile = torch_compile
+        self._sparse_tables: list[nn.Embedding] = []
+        self._touched: dict[int, list[torch.Tensor]] = {}
+
+    # ---- optimizer ----------------------------------------------------------------------
+    def compile(self, optimizer, loss, lr):
+        """fuxictr's compile; with ``sparse`` the embedding tables turn row-sparse and the
+        optimizer is :class:`LazyAdam`. Call it once every layer exists (as fuxictr models do)."""
+        super().compile(optimizer, loss, lr)
+        if self.embedding_update == "sparse":
+            self._sparse_tables = enable_sparse_embeddings(self)
+            if self._embedding_regularizer and not getattr(self, "_row_hooks", None):
+                self._row_hooks = [t.register_forward_pre_hook(self._record_rows) for t in self._sparse_tables]
+            self.optimizer = build_optimizer(optimizer, self.parameters(), lr, "sparse")
+
+    def _record_rows(self, table: nn.Embedding, args) -> None:
+        if torch.is_grad_enabled():  # a training forward: its rows are the ones to regularise
+            self._touched.setdefault(id(table), []).append(args[0])
+
+    # ---- regularisation -----------------------------------------------------------------
+    def regularization_loss(self):
+        """fuxictr's regularisation; with ``sparse`` the embedding term covers the rows the
+        batch touched (each once) instead of the whole table, so its gradient stays row-sparse."""
+        if self.embedding_update != "sparse":
+            return super().regularization_loss()
+        touched, self._touched = self._touched, {}
+        reg_term = 0
+        if not (self._embedding_regularizer or self._net_regularizer):
+            return reg_term
+        emb_reg = get_regularizer(self._embedding_regularizer)
+        net_reg = get_regularizer(self._net_regularizer)
+        tables = {id(t.weight): t for t in self._sparse_tables}
+        emb_params = set()
+        for m_name, module in self.named_modules():
+            if type(module) is not FeatureEmbeddingDict:
+                continue
+            for p_name, param in module.named_parameters():
+                if not param.requires_grad:
+                    continue
+                emb_params.add(f"{m_name}.{p_name}")
+                values = param
+                table = tables.get(id(param))
+                if table is not None:
+                    ids = touched.get(id(table))
+                    if not ids:
+                        continue  # no row of this table was looked up in the batch
+                    rows = torch.cat([i.reshape(-1) for i in ids]).unique()
+                    values = F.embedding(rows, param, padding_idx=table.padding_idx, sparse=True)
+                for emb_p, emb_lambda in emb_reg:
+                    reg_term += (emb_lambda / emb_p) * torch.norm(values, emb_p) ** emb_p
+        for name, param in self.named_parameters():
+            if param.requires_grad and name not in emb_params:
+                for net_p, net_lambda in net_reg:
+                    reg_term += (net_lambda / net_p) * torch.norm(param, net_p) ** net_p
+        return reg_term
+
+    # ---- the step -----------------------------------------------------------------------
+    def training_forward(self, batch_data):
+        """``forward`` under the model's precision, through ``torch.compile`` if asked."""
+        forward = compiled(self, "forward", self.forward) if self.torch_compile else self.forward
+        with autocast(self.device, self.precision):
+            return forward(batch_data)
+
+    def train_step(self, batch_data):
+        """fuxictr's step, with the training options and a clip that takes sparse gradients."""
+        self.optimizer.zero_grad()
+        return_dict = self.training_forward(batch_data)
+        y_true = self.get_labels(batch_data)
+        with autocast(self.device, self.precision):
+            loss = self.compute_loss(return_dict, y_true)
+        loss.backward()
+        clip_grad_norm_(self.parameters(), self._max_gradient_norm)
+        self.optimizer.step()
+        return loss
