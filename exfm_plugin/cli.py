@@ -58,7 +58,7 @@ def _add_das(sub: argparse._SubParsersAction) -> None:
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     from .pipeline.cli import add_run_parser
-    from .pipeline.report import add_report_parser
+    from .report.cli import add_report_parser
 
     add_run_parser(sub)
     add_report_parser(sub)
