@@ -19,7 +19,6 @@ from fuxictr.utils import load_dataset_config, load_model_config
 
 from exfm_plugin.config import build_model, load_experiment
 from exfm_plugin.models import (DCN, MODEL_REGISTRY, check_protocol)
-from exfm_plugin.models.dmin_layers import normalize_field_pairs
 from tiny_data import make_tiny_data, model_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,61 +275,8 @@ def test_dcnv2_rejects_unknown_structure(data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- DMIN
-
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_dmin_output_ignores_padded_positions(mode, data, tmp_path):
-    model = build("DMIN", data.feature_map, tmp_path, **TINY_DMIN, dnn_hidden_units=[16, 8],
-                  attention_hidden_units=[8], num_heads=2, pos_emb_dim=4, attention_activation="Dice",
-                  use_behavior_refiner=True, enable_sum_pooling=True, batch_norm=True)
-    randomize_embeddings(model.encoder)
-    batch = first_batch(data, 128)
-    assert (batch["cate_his"] == 0).any() and (batch["cate_his"] == 0).all(dim=1).any()
-    assert (batch["cate_id"] != 0).all()  # row 0 of the shared table is only ever padding
-    table = model.encoder.embedding_layer.embedding_layers["cate_his"].weight
-    assert table is model.encoder.embedding_layer.embedding_layers["cate_id"].weight
-    model.train(mode == "train")
-    with torch.no_grad():
-        reference = model(batch)["logit"]
-        table[0] = torch.randn(table.shape[1]) * 5  # the padding row
-        padded_changed = model(batch)["logit"]
-        table[batch["cate_his"][0, 0]] += 3.0  # a row a real position uses
-        real_changed = model(batch)["logit"]
-    torch.testing.assert_close(padded_changed, reference, rtol=0, atol=1e-6)
-    assert not torch.allclose(real_changed, reference, atol=1e-4)
-
-
-def test_dmin_field_pairs_follow_bars_conventions():
-    taobao = normalize_field_pairs(("cate_id", "brand", "btag"), ("cate_his", "brand_his", "btag_his"))
-    assert taobao == [(("cate_id", "brand", "btag"), ("cate_his", "brand_his", "btag_his"))]
-    yaml_form = normalize_field_pairs([["cate_id", "brand", "btag"]], [["cate_his", "brand_his", "btag_his"]])
-    assert yaml_form == taobao
-    kuai = normalize_field_pairs([("item_id", "item_emb")] * 2,
-                                 [("pos_items", "pos_items_emb"), ("neg_items", "neg_items_emb")])
-    assert [s for _, s in kuai] == [("pos_items", "pos_items_emb"), ("neg_items", "neg_items_emb")]
-    assert normalize_field_pairs(["a", "b"], ["a_his", "b_his"]) == [(("a",), ("a_his",)), (("b",), ("b_his",))]
-    with pytest.raises(ValueError, match="as many fields"):
-        normalize_field_pairs(("a", "b"), ("a_his",))
-    with pytest.raises(ValueError, match="2 entries"):
-        normalize_field_pairs(["a", "b"], ["a_his"])
-
-
-def test_dmin_pairs_concatenate_target_fields(data, tmp_path):
-    model = build("DMIN", data.feature_map, tmp_path, target_field=[("cate_id", "item_id")],
-                  sequence_field=[("cate_his", "cate_his")], dnn_hidden_units=[8],
-                  attention_hidden_units=[8], num_heads=3)
-    # context: every field but cate_his (5 x 8) + 3 heads x 16-dim interests
-    assert model.encoder.dnn.mlp[0].in_features == 5 * 8 + 3 * 16
-    out = model(first_batch(data))
-    assert out["y_pred"].shape == (64, 1)
-
-
-def test_dmin_rejects_bad_fields(data, tmp_path):
-    with pytest.raises(ValueError, match="'click_history' is not in the feature map"):
-        build("DMIN", data.feature_map, tmp_path, target_field="cate_id", sequence_field="click_history")
-    with pytest.raises(ValueError, match="sequence_field 'cate_id'"):
-        build("DMIN", data.feature_map, tmp_path, target_field="item_id", sequence_field="cate_id")
-    with pytest.raises(ValueError, match="aux_loss_lambda"):
-        build("DMIN", data.feature_map, tmp_path, **TINY_DMIN, aux_loss_lambda=0.1)
+# DMIN-specific semantics (masks, target attention, padding, parameter counts, aux loss) live in
+# tests/models/test_dmin.py.
 
 
 # ----------------------------------------------------------------------------- MultiTaskDMIN

@@ -1,9 +1,12 @@
 """DMIN: Deep Multi-Interest Network (Xiao et al., CIKM 2020) as an ExFM model (a teacher FM
-in the paper's public experiments).
+in the paper's public experiments), computing what FuxiCTR's model_zoo/DMIN computes
+(``dmin_layers`` lists every point and the one deliberate difference, the refiner mask).
 
-The backbone output ``x`` is the last DNN hidden layer of ``DMINEncoder`` (see
-``dmin_layers``); the serving head is ``Linear(x -> 1)``. The auxiliary loss of the paper's
-behaviour refiner (``aux_loss_lambda``) is not implemented: BARS' tuned runs set it to 0.
+The backbone output ``x`` is the last DNN hidden layer of ``DMINEncoder``; the serving head is
+the reference DNN's output layer ``Linear(x -> 1)``. The auxiliary loss (``aux_loss_lambda`` > 0,
+with ``neg_seq_field``) is computed in the same pass as ``x``: ``forward`` returns it as
+``aux_loss`` and ``add_loss`` adds it (fuxictr's ``fit``/``train_step``); code that drives
+``backbone``/``serving_head`` itself adds :meth:`auxiliary_loss` after each ``backbone`` call.
 """
 from __future__ import annotations
 
@@ -22,47 +25,72 @@ class DMIN(ExFMModel):
                  learning_rate: float = 1e-3,
                  embedding_dim: int = 10,
                  dnn_hidden_units: list[int] = [512, 128, 64],
-                 dnn_activations="ReLU",
-                 attention_hidden_units: list[int] = [64],
-                 attention_activation="Dice",
-                 attention_dropout: float = 0,
+                 dnn_activations="Dice",
+                 aux_hidden_units: list[int] = [100, 50],
+                 aux_activation="ReLU",
                  net_dropout: float = 0,
-                 batch_norm: bool = False,
-                 bn_only_once: bool = False,
-                 layer_norm: bool = True,
+                 target_field=("item_id", "cate_id"),
+                 sequence_field=("click_history", "cate_history"),
+                 neg_seq_field=("neg_click_history", "neg_cate_history"),
                  num_heads: int = 4,
                  enable_sum_pooling: bool = False,
-                 target_field=[("item_id", "cate_id")],
-                 sequence_field=[("click_history", "cate_history")],
+                 attention_hidden_units: list[int] = [80, 40],
+                 attention_activation="ReLU",
+                 attention_dropout: float = 0,
                  use_pos_emb: bool = True,
                  pos_emb_dim: int = 8,
                  use_behavior_refiner: bool = True,
+                 refiner_additive_mask: bool = False,
                  aux_loss_lambda: float = 0,
+                 batch_norm: bool = True,
+                 bn_only_once: bool = False,
+                 layer_norm: bool = True,
                  embedding_regularizer=None,
                  net_regularizer=None,
                  **kwargs):
-        if aux_loss_lambda:
-            raise ValueError(f"aux_loss_lambda={aux_loss_lambda}: DMIN's auxiliary refiner loss is "
-                             f"not implemented; set it to 0")
         super().__init__(feature_map, model_id=model_id, gpu=gpu,
                          embedding_regularizer=embedding_regularizer,
                          net_regularizer=net_regularizer, **kwargs)
-        self.encoder = DMINEncoder(feature_map, embedding_dim, target_field, sequence_field,
-                                   num_heads=num_heads, use_behavior_refiner=use_behavior_refiner,
-                                   layer_norm=layer_norm, attention_hidden_units=attention_hidden_units,
-                                   attention_activation=attention_activation,
-                                   attention_dropout=attention_dropout, use_pos_emb=use_pos_emb,
-                                   pos_emb_dim=pos_emb_dim, enable_sum_pooling=enable_sum_pooling,
-                                   dnn_hidden_units=dnn_hidden_units, dnn_activations=dnn_activations,
-                                   net_dropout=net_dropout, batch_norm=batch_norm,
-                                   bn_only_once=bn_only_once)
+        self.encoder = DMINEncoder(
+            feature_map, embedding_dim, target_field, sequence_field, neg_seq_field,
+            num_heads=num_heads, use_behavior_refiner=use_behavior_refiner,
+            refiner_additive_mask=refiner_additive_mask, layer_norm=layer_norm,
+            attention_hidden_units=attention_hidden_units, attention_activation=attention_activation,
+            attention_dropout=attention_dropout, use_pos_emb=use_pos_emb, pos_emb_dim=pos_emb_dim,
+            enable_sum_pooling=enable_sum_pooling, dnn_hidden_units=dnn_hidden_units,
+            dnn_activations=dnn_activations, net_dropout=net_dropout, batch_norm=batch_norm,
+            bn_only_once=bn_only_once, aux_loss_lambda=aux_loss_lambda,
+            aux_hidden_units=aux_hidden_units, aux_activation=aux_activation)
         self.fc = nn.Linear(self.encoder.output_dim, 1)
+        self._aux_loss: torch.Tensor | None = None
         self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)
         self.reset_parameters()
         self.model_to_device()
 
     def backbone(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(X)
+        x, self._aux_loss = self.encoder(X)
+        return x
 
     def serving_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """The lambda-weighted auxiliary loss of the last ``backbone`` call (0 when off), to be
+        added to the training loss of that batch."""
+        if self._aux_loss is None:
+            return torch.zeros((), device=self.device)
+        return self._aux_loss
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = super().forward(inputs)
+        if self._aux_loss is not None:
+            out["aux_loss"] = self._aux_loss
+        return out
+
+    def add_loss(self, return_dict, y_true):
+        """The serving loss plus the auxiliary loss of the same forward pass (the reference's
+        ``add_loss``)."""
+        loss = super().add_loss(return_dict, y_true)
+        if "aux_loss" in return_dict:
+            loss = loss + return_dict["aux_loss"]
+        return loss

@@ -2,7 +2,8 @@
 click, like, follow).
 
 One shared bottom (the DMIN representation: ``DMINEncoder``, whose last DNN hidden layer is
-``backbone(X)``), then one tower MLP and one logit per label in ``feature_map.labels``.
+``backbone(X)``; the same layers, defaults and auxiliary loss as ``DMIN``), then one tower MLP
+and one logit per label in ``feature_map.labels``.
 It follows fuxictr's ``MultiTaskModel``: ``forward`` returns ``{f"{label}_pred": probability}``
 for every label (plus ``f"{label}_logit"``), ``get_labels`` returns one tensor per label, and
 ``evaluate`` reports ``{label}_{metric}`` plus the mean over tasks.
@@ -30,23 +31,28 @@ class MultiTaskDMIN(MultiTaskModel):
                  learning_rate: float = 1e-3,
                  embedding_dim: int = 10,
                  dnn_hidden_units: list[int] = [512, 128, 64],
-                 dnn_activations="ReLU",
+                 dnn_activations="Dice",
                  tower_hidden_units: list[int] = [64],
                  tower_activations="ReLU",
-                 attention_hidden_units: list[int] = [64],
-                 attention_activation="Dice",
+                 aux_hidden_units: list[int] = [100, 50],
+                 aux_activation="ReLU",
+                 attention_hidden_units: list[int] = [80, 40],
+                 attention_activation="ReLU",
                  attention_dropout: float = 0,
                  net_dropout: float = 0,
-                 batch_norm: bool = False,
+                 batch_norm: bool = True,
                  bn_only_once: bool = False,
                  layer_norm: bool = True,
                  num_heads: int = 4,
                  enable_sum_pooling: bool = False,
-                 target_field=[("item_id", "cate_id")],
-                 sequence_field=[("click_history", "cate_history")],
+                 target_field=("item_id", "cate_id"),
+                 sequence_field=("click_history", "cate_history"),
+                 neg_seq_field=("neg_click_history", "neg_cate_history"),
                  use_pos_emb: bool = True,
                  pos_emb_dim: int = 8,
                  use_behavior_refiner: bool = True,
+                 refiner_additive_mask: bool = False,
+                 aux_loss_lambda: float = 0,
                  embedding_regularizer=None,
                  net_regularizer=None,
                  **kwargs):
@@ -64,15 +70,17 @@ class MultiTaskDMIN(MultiTaskModel):
                          loss_weight=loss_weight, gpu=gpu,
                          embedding_regularizer=embedding_regularizer,
                          net_regularizer=net_regularizer, **kwargs)
-        self.encoder = DMINEncoder(feature_map, embedding_dim, target_field, sequence_field,
-                                   num_heads=num_heads, use_behavior_refiner=use_behavior_refiner,
-                                   layer_norm=layer_norm, attention_hidden_units=attention_hidden_units,
-                                   attention_activation=attention_activation,
-                                   attention_dropout=attention_dropout, use_pos_emb=use_pos_emb,
-                                   pos_emb_dim=pos_emb_dim, enable_sum_pooling=enable_sum_pooling,
-                                   dnn_hidden_units=dnn_hidden_units, dnn_activations=dnn_activations,
-                                   net_dropout=net_dropout, batch_norm=batch_norm,
-                                   bn_only_once=bn_only_once)
+        self.encoder = DMINEncoder(
+            feature_map, embedding_dim, target_field, sequence_field, neg_seq_field,
+            num_heads=num_heads, use_behavior_refiner=use_behavior_refiner,
+            refiner_additive_mask=refiner_additive_mask, layer_norm=layer_norm,
+            attention_hidden_units=attention_hidden_units, attention_activation=attention_activation,
+            attention_dropout=attention_dropout, use_pos_emb=use_pos_emb, pos_emb_dim=pos_emb_dim,
+            enable_sum_pooling=enable_sum_pooling, dnn_hidden_units=dnn_hidden_units,
+            dnn_activations=dnn_activations, net_dropout=net_dropout, batch_norm=batch_norm,
+            bn_only_once=bn_only_once, aux_loss_lambda=aux_loss_lambda,
+            aux_hidden_units=aux_hidden_units, aux_activation=aux_activation)
+        self._aux_loss: torch.Tensor | None = None
         self.towers = nn.ModuleList(
             MLP_Block(input_dim=self.encoder.output_dim, hidden_units=list(tower_hidden_units),
                       hidden_activations=tower_activations, output_dim=1,
@@ -90,7 +98,14 @@ class MultiTaskDMIN(MultiTaskModel):
 
     def backbone(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
         """Feature dict -> shared-bottom vector (B, d)."""
-        return self.encoder(X)
+        x, self._aux_loss = self.encoder(X)
+        return x
+
+    def auxiliary_loss(self) -> torch.Tensor:
+        """The lambda-weighted DMIN auxiliary loss of the last ``backbone`` call (0 when off)."""
+        if self._aux_loss is None:
+            return torch.zeros((), device=self.device)
+        return self._aux_loss
 
     def task_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Shared-bottom vector -> one (B, 1) logit per label, in feature_map.labels order."""
@@ -102,6 +117,8 @@ class MultiTaskDMIN(MultiTaskModel):
         for i, (label, logit) in enumerate(logits.items()):
             out[f"{label}_logit"] = logit
             out[f"{label}_pred"] = self.output_activation[i](logit)
+        if self._aux_loss is not None:
+            out["aux_loss"] = self._aux_loss
         return out
 
     def add_loss(self, return_dict, y_true):
@@ -115,5 +132,9 @@ class MultiTaskDMIN(MultiTaskModel):
             else:
                 losses.append(self.loss_fn[i](return_dict[f"{label}_pred"], y_true[i], reduction="mean"))
         if self.loss_weight == "EQ":
-            return torch.stack(losses).sum()
-        return sum(float(w) * l for w, l in zip(self.loss_weight, losses))
+            loss = torch.stack(losses).sum()
+        else:
+            loss = sum(float(w) * l for w, l in zip(self.loss_weight, losses))
+        if "aux_loss" in return_dict:  # the shared encoder's auxiliary loss, once
+            loss = loss + return_dict["aux_loss"]
+        return loss

@@ -1,29 +1,78 @@
 """Building blocks of DMIN (Xiao et al., CIKM 2020), shared by ``DMIN`` and ``MultiTaskDMIN``.
 
-Per (target, sequence) pair:
-1. behaviour refiner: multi-head self-attention over the behaviour sequence, residual and
-   layer norm (switchable);
-2. multi-interest extractor: a second multi-head self-attention whose every head keeps the
-   full model dimension; for each head a DIN-style attention unit scores each behaviour from
-   ``[target, z, target - z, target * z, position embedding]`` and the head's interest is the
-   score-weighted sum of its behaviours.
-Then a DNN runs on ``[all other field embeddings, the interests of every pair]``.
+Semantics follow the reference, FuxiCTR model_zoo/DMIN (src/DMIN.py, 2024 version: the one with
+``use_behavior_refiner`` / ``layer_norm`` / ``enable_sum_pooling`` / ``bn_only_once``, which the
+BARS configs use). Point by point:
 
-Padding (index 0 of the pair's first sequence field) is masked everywhere: padded keys get no
-attention weight, and the attention units (fuxictr ``MLP_Block``s, Dice allowed) score only real
-positions, so their batch norm / Dice statistics never see padding either: a padded position's
-embedding cannot move the output, in training or in evaluation.
+* Pairs: ``target_field[i]`` vs ``sequence_field[i]`` (a tuple/list = fields concatenated);
+  ``model_dim`` = the pair's concatenated embedding width; ``num_heads`` must divide it and each
+  head has ``model_dim / num_heads`` dimensions. ``max_len`` comes from the first sequence field.
+* Masks (``get_mask``): valid = id != 0 (here: != the field's ``padding_idx``, 0 in fuxictr);
+  query i may attend key j iff j <= i (causal) and (key j valid or j == i). The diagonal is never
+  masked, so no row is all-masked.
+* Behaviour refiner (optional, one per pair): ``nn.MultiheadAttention(model_dim, num_heads,
+  dropout=attention_dropout)`` (in-projection with bias, output projection with bias), dropout
+  ``net_dropout``, residual, LayerNorm (if ``layer_norm``), FFN Linear(d, 2d)-ReLU-Linear(2d, d),
+  residual; no LayerNorm after the FFN. The reference hands the mask to nn.MultiheadAttention as
+  the float ``1 - allowed``, which torch ADDS to the logits: masked keys get +1, nothing is
+  masked. Default here: the mask the reference builds, applied (causal + padding);
+  ``refiner_additive_mask=True`` reproduces the reference's additive +1 exactly.
+* Multi-interest extractor (one per pair): ``W_qkv`` Linear(d, 3d, no bias), scaled dot-product
+  attention over heads of ``d / num_heads`` (scale sqrt(head_dim), the mask above, dropout
+  ``attention_dropout`` on the weights); then per head h: ``W_o[h]`` Linear(d/H, d, no bias),
+  dropout ``net_dropout`` (only when > 0), residual with the extractor's input sequence,
+  LayerNorm[h] (if ``layer_norm``), FFN[h] Linear(d, 2d)-ReLU-Linear(2d, d) + residual, then a
+  target attention[h].
+* Target attention (per head): with ``use_pos_emb`` a position table (max_len, pos_emb_dim),
+  initialised to ZEROS, is concatenated to the target and projected back to d by
+  ``W_proj`` Linear(d + pos_emb_dim, d, bias); the sequence is not projected. Score =
+  MLP_Block(4d -> attention_hidden_units -> 1, ``attention_activation``, dropout
+  ``attention_dropout``, no batch norm) of ``[t, z, t - z, t * z]`` over EVERY position (so a
+  Dice activation's batch statistics see padded positions, in the reference and here); padded
+  scores are set to -1e9 and softmax-normalised over the sequence; interest = sum of
+  weight * z. Valid positions only get weight; an all-padding row gets the uniform mean.
+* Sum pooling (``enable_sum_pooling``): ``[sum(seq), target * sum(seq)]`` of the raw sequence
+  (2 * d per pair). The reference sums every position (fuxictr keeps padding rows at zero);
+  here padded positions are masked, which is the same number.
+* DNN input: for each pair the num_heads interests (+ sum pooling), then every 2-d field
+  embedding not in ``neg_seq_field``, in feature-map order; ``MLP_Block(dnn_hidden_units,
+  dnn_activations, dropout net_dropout, batch_norm, bn_only_once)``. Its output layer
+  Linear(last, 1) is the ExFM serving head, so ``x`` = the last hidden layer.
+* Auxiliary loss (``aux_loss_lambda > 0``, needs ``neg_seq_field``): per pair an
+  ``aux_net`` MLP_Block(2d -> aux_hidden_units -> 1, ``aux_activation``, dropout net_dropout,
+  batch_norm, bn_only_once) scores ``[refined[t], seq[t+1]]`` as 1 and ``[refined[t],
+  neg_seq[t+1]]`` as 0 (two separate calls), BCE masked by the validity of position t+1.
+  The reference's own code cannot run (``self.model_dim`` is undefined; its (2M, 1) loss times an
+  (M, 1) mask does not broadcast; its "mean" divides element-wise); this implements its evident
+  intent: sum(mask * BCE) / (sum(mask) + 1e-9) over positive and negative entries, times lambda,
+  summed over pairs, added to the training loss. BCE is taken from logits (the reference uses
+  sigmoid + BCE, the same value without fuxictr's log clamp at -100).
+* Defaults (reference): embedding_dim 10, dnn [512, 128, 64] Dice, aux [100, 50] ReLU,
+  net_dropout 0, num_heads 4, enable_sum_pooling False, attention [80, 40] ReLU, attention
+  dropout 0, use_pos_emb True, pos_emb_dim 8, use_behavior_refiner True, aux_loss_lambda 0,
+  batch_norm True, bn_only_once False, layer_norm True, neg_seq_field
+  (neg_click_history, neg_cate_history) (ignored while absent from the feature map and the aux
+  loss is off; the reference would fail there).
+* Initialisation: fuxictr's (xavier-normal weights, zero biases for Linear layers, per head for
+  the grouped ones below; nn.MultiheadAttention keeps torch's own; LayerNorm 1/0; Dice alpha 0).
+
+Speed: every per-head module above is stored as one grouped tensor (heads first) and applied
+with batched matmuls; attention uses ``F.scaled_dot_product_attention``. The first attention-MLP
+layer is split algebraically, ``[t, z, t-z, t*z] W = t (W1 + W3) + z (W2 - W3) + (t*z) W4``, so
+the per-position work is over 2d inputs instead of 4d (same function, same parameters).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from fuxictr.pytorch.layers import FeatureEmbeddingDict, MLP_Block
-
-from .embedding import masked_sequence_mean
+from fuxictr.pytorch.torch_utils import get_activation
 
 FieldGroup = tuple[str, ...]
+NEG_INF = -1.0e9  # the reference's fill value for masked attention scores
 
 
 def normalize_field_pairs(target_field, sequence_field) -> list[tuple[FieldGroup, FieldGroup]]:
@@ -33,25 +82,8 @@ def normalize_field_pairs(target_field, sequence_field) -> list[tuple[FieldGroup
     (BARS TaobaoAd: ``("cate_id", "brand", "btag")`` vs ``("cate_his", "brand_his", "btag_his")``);
     a list holds one entry per pair, each a string or a tuple/list of fields.
     """
-    def groups(value, name: str) -> list[FieldGroup]:
-        if isinstance(value, str):
-            return [(value,)]
-        if isinstance(value, tuple):
-            value = [value]
-        if not isinstance(value, list) or not value:
-            raise ValueError(f"{name}={value!r}: expected a field name, a tuple of field names "
-                             f"or a non-empty list of those")
-        out = []
-        for item in value:
-            group = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, (list, tuple)) else None
-            if not group or not all(isinstance(f, str) for f in group):
-                raise ValueError(f"{name}={value!r}: entry {item!r} is not a field name or a "
-                                 f"non-empty tuple of field names")
-            out.append(group)
-        return out
-
-    targets = groups(target_field, "target_field")
-    sequences = groups(sequence_field, "sequence_field")
+    targets = field_groups(target_field, "target_field")
+    sequences = field_groups(sequence_field, "sequence_field")
     if len(targets) != len(sequences):
         raise ValueError(f"target_field has {len(targets)} entries but sequence_field has "
                          f"{len(sequences)}: {targets} vs {sequences}")
@@ -61,123 +93,346 @@ def normalize_field_pairs(target_field, sequence_field) -> list[tuple[FieldGroup
     return list(zip(targets, sequences))
 
 
-class MultiHeadSelfAttention(nn.Module):
-    """Self-attention over a padded sequence; returns every head separately (B, H, L, head_dim).
-
-    Keys at padded positions get zero weight. Uses torch's fused scaled-dot-product attention
-    with a (B, 1, 1, L) mask rather than fuxictr's ``ScaledDotProductAttention``, which needs
-    the mask expanded to (B, H, L, L) floats: at BARS sizes (batch 1024, 8 heads, length 100)
-    that is hundreds of MB per layer for nothing.
-    """
-
-    def __init__(self, input_dim: int, head_dim: int, num_heads: int, dropout_rate: float = 0.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.dropout_rate = dropout_rate
-        self.W_q = nn.Linear(input_dim, head_dim * num_heads, bias=False)
-        self.W_k = nn.Linear(input_dim, head_dim * num_heads, bias=False)
-        self.W_v = nn.Linear(input_dim, head_dim * num_heads, bias=False)
-
-    def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        B, L, _ = seq.shape
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
-
-        # an all-padding sequence would softmax over nothing (NaN): let it attend to its first
-        # position; every position of such a sequence is masked out downstream anyway
-        key_mask = mask.clone()
-        key_mask[:, 0] |= ~mask.any(dim=1)
-        return F.scaled_dot_product_attention(
-            split(self.W_q(seq)), split(self.W_k(seq)), split(self.W_v(seq)),
-            attn_mask=key_mask[:, None, None, :],
-            dropout_p=self.dropout_rate if self.training else 0.0)
+def field_groups(value, name: str) -> list[FieldGroup]:
+    """``"a"`` -> [("a",)]; ``("a", "b")`` -> [("a", "b")]; a list -> one group per entry."""
+    if isinstance(value, str):
+        return [(value,)]
+    if isinstance(value, tuple):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{name}={value!r}: expected a field name, a tuple of field names "
+                         f"or a non-empty list of those")
+    out = []
+    for item in value:
+        group = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, (list, tuple)) else None
+        if not group or not all(isinstance(f, str) for f in group):
+            raise ValueError(f"{name}={value!r}: entry {item!r} is not a field name or a "
+                             f"non-empty tuple of field names")
+        out.append(group)
+    return out
 
 
+def allowed_keys(valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) validity -> (B, L, L) bool: query i may attend key j iff j <= i and (j is valid
+    or j == i) -- the mask the reference's ``get_mask`` builds."""
+    L = valid.shape[1]
+    eye = torch.eye(L, dtype=torch.bool, device=valid.device)
+    causal = torch.ones(L, L, dtype=torch.bool, device=valid.device).tril()
+    return causal & (valid[:, None, :] | eye)
+
+
+def _xavier_normal_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    """nn.init.xavier_normal_ for a Linear(fan_in, fan_out), on a slice stored (in, out)."""
+    with torch.no_grad():
+        weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+# --------------------------------------------------------------------------- behaviour refiner
 class BehaviorRefiner(nn.Module):
-    """Multi-head self-attention + output projection + residual (+ layer norm)."""
+    """The reference's BehaviorRefinerLayer (see the module docstring), on torch's fused
+    attention. Holds an ``nn.MultiheadAttention`` for its parameters and their torch init."""
 
     def __init__(self, model_dim: int, num_heads: int, attention_dropout: float = 0.0,
-                 net_dropout: float = 0.0, layer_norm: bool = True):
+                 net_dropout: float = 0.0, layer_norm: bool = True, additive_mask: bool = False):
         super().__init__()
-        self.self_attention = MultiHeadSelfAttention(model_dim, model_dim, num_heads, attention_dropout)
-        self.W_o = nn.Linear(model_dim * num_heads, model_dim, bias=False)
+        self.num_heads = num_heads
+        self.attention_dropout = attention_dropout
+        self.additive_mask = additive_mask
+        self.attention = nn.MultiheadAttention(model_dim, num_heads=num_heads,
+                                               dropout=attention_dropout, batch_first=True)
         self.dropout = nn.Dropout(net_dropout)
         self.layer_norm = nn.LayerNorm(model_dim) if layer_norm else None
+        self.ffn = nn.Sequential(nn.Linear(model_dim, 2 * model_dim), nn.ReLU(),
+                                 nn.Linear(2 * model_dim, model_dim))
 
-    def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        heads = self.self_attention(seq, mask)
-        B, H, L, d = heads.shape
-        out = seq + self.dropout(self.W_o(heads.transpose(1, 2).reshape(B, L, H * d)))
-        return self.layer_norm(out) if self.layer_norm is not None else out
+    def forward(self, seq: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, L, d = seq.shape
+        H = self.num_heads
+        q, k, v = F.linear(seq, self.attention.in_proj_weight, self.attention.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.view(B, L, H, d // H).transpose(1, 2) for t in (q, k, v))
+        if self.additive_mask:  # the reference: float 1 - allowed, added to the logits
+            mask = (~allowed).to(seq.dtype)[:, None]
+        else:
+            mask = allowed[:, None]
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0)
+        attn = self.attention.out_proj(attn.transpose(1, 2).reshape(B, L, d))
+        s = self.dropout(attn) + seq
+        if self.layer_norm is not None:
+            s = self.layer_norm(s)
+        return self.ffn(s) + s
 
 
-class MultiInterestExtractor(nn.Module):
-    """One interest vector per head: (B, num_heads * model_dim)."""
+# --------------------------------------------------------------------------- grouped (per head) layers
+class GroupedDice(nn.Module):
+    """fuxictr's Dice for each head at once: input (H, N, U), batch statistics over N per
+    (head, unit), exactly ``BatchNorm1d(U, affine=False, eps=1e-9, momentum=0.01)`` per head."""
 
-    def __init__(self, model_dim: int, num_heads: int, max_len: int,
-                 attention_hidden_units: list[int], attention_activation="Dice",
-                 attention_dropout: float = 0.0, use_pos_emb: bool = True, pos_emb_dim: int = 8):
+    def __init__(self, num_groups: int, units: int, eps: float = 1e-9, momentum: float = 0.01):
         super().__init__()
-        self.max_len = max_len
-        self.self_attention = MultiHeadSelfAttention(model_dim, model_dim, num_heads, attention_dropout)
-        self.pos_embedding = nn.Embedding(max_len, pos_emb_dim) if use_pos_emb else None
-        unit_input_dim = 4 * model_dim + (pos_emb_dim if use_pos_emb else 0)
-        self.attention_units = nn.ModuleList(
-            MLP_Block(input_dim=unit_input_dim, hidden_units=list(attention_hidden_units),
-                      hidden_activations=attention_activation, output_dim=1,
-                      dropout_rates=attention_dropout)
-            for _ in range(num_heads))
+        self.eps, self.momentum = eps, momentum
+        self.alpha = nn.Parameter(torch.zeros(num_groups, 1, units))
+        self.register_buffer("running_mean", torch.zeros(num_groups, 1, units))
+        self.register_buffer("running_var", torch.ones(num_groups, 1, units))
 
-    def forward(self, target: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        heads = self.self_attention(seq, mask)  # B x H x L x d
-        B, H, L, d = heads.shape
-        target = target.unsqueeze(1).expand(B, L, d)
-        extra = []
-        if self.pos_embedding is not None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+            n = x.shape[1]
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * (n / max(n - 1, 1)), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        p = torch.sigmoid((x - mean) * torch.rsqrt(var + self.eps))
+        return x * (p + self.alpha * (1 - p))
+
+
+class GroupedPReLU(nn.Module):
+    """fuxictr's ``nn.PReLU(units, init=0.1)`` for each head at once (input (H, N, U))."""
+
+    def __init__(self, num_groups: int, units: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((num_groups, 1, units), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, self.weight * x)
+
+
+def grouped_activation(name, num_groups: int, units: int) -> nn.Module | None:
+    """The activation fuxictr's ``get_activation(name, units)`` gives, for all heads at once."""
+    if name is None:
+        return None
+    if isinstance(name, str) and name.lower() == "dice":
+        return GroupedDice(num_groups, units)
+    if isinstance(name, str) and name.lower() == "prelu":
+        return GroupedPReLU(num_groups, units)
+    act = get_activation(name, units)
+    if any(True for _ in act.parameters()):
+        raise ValueError(f"attention_activation={name!r} has parameters; only parameter-free "
+                         f"activations, Dice and PReLU are supported for the grouped heads")
+    return act
+
+
+class GroupedMLP(nn.Module):
+    """``num_groups`` independent fuxictr MLP_Blocks (Linear, activation, dropout per hidden
+    layer; a Linear output) applied to (G, N, in) with batched matmuls.
+
+    The first layer's weight is stored whole, (G, in, units[0]); callers may feed its
+    pre-activation themselves (``forward(x, first_pre=...)``).
+    """
+
+    def __init__(self, num_groups: int, input_dim: int, hidden_units: list[int], activations,
+                 output_dim: int, dropout_rate: float = 0.0):
+        super().__init__()
+        units = [input_dim] + list(hidden_units) + [output_dim]
+        acts = activations if isinstance(activations, list) else [activations] * len(hidden_units)
+        if len(acts) != len(hidden_units):
+            raise ValueError(f"activations={activations!r}: expected one per hidden layer {hidden_units}")
+        self.dims = list(zip(units[:-1], units[1:]))
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_groups, i, o)) for i, o in self.dims)
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(num_groups, 1, o)) for _, o in self.dims)
+        self.activations = nn.ModuleList(grouped_activation(a, num_groups, u) or nn.Identity()
+                                         for a, u in zip(acts, hidden_units))
+        self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else None
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for w, b, (i, o) in zip(self.weights, self.biases, self.dims):
+            _xavier_normal_(w, i, o)
+            nn.init.zeros_(b)
+
+    def forward(self, x: torch.Tensor | None, first_pre: torch.Tensor | None = None) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for idx, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if idx == 0 and first_pre is not None:
+                x = first_pre
+            else:
+                x = torch.baddbmm(b, x, w)
+            if idx < last:
+                x = self.activations[idx](x)
+                if self.dropout is not None:
+                    x = self.dropout(x)
+        return x
+
+
+# --------------------------------------------------------------------------- interest extractor
+class MultiInterestExtractor(nn.Module):
+    """The reference's MultiInterestExtractorLayer + TargetAttention for every head at once.
+
+    ``forward(seq, target, allowed, valid)`` -> (B, num_heads * d): the interests of heads
+    0..H-1, concatenated.
+    """
+
+    def __init__(self, model_dim: int, num_heads: int, max_len: int, attention_hidden_units: list[int],
+                 attention_activation="ReLU", attention_dropout: float = 0.0, net_dropout: float = 0.0,
+                 layer_norm: bool = True, use_pos_emb: bool = True, pos_emb_dim: int = 8):
+        super().__init__()
+        if num_heads < 1 or model_dim % num_heads:
+            raise ValueError(f"model_dim={model_dim} is not divisible by num_heads={num_heads} "
+                             f"(each head has model_dim / num_heads dimensions)")
+        if not attention_hidden_units:
+            raise ValueError("attention_hidden_units must name at least one hidden layer")
+        d, H = model_dim, num_heads
+        self.model_dim, self.num_heads, self.head_dim, self.max_len = d, H, d // H, max_len
+        self.attention_dropout = attention_dropout
+        self.W_qkv = nn.Linear(d, 3 * d, bias=False)
+        self.W_o = nn.Parameter(torch.empty(H, d // H, d))
+        self.net_dropout = nn.Dropout(net_dropout) if net_dropout > 0 else None
+        self.ln_weight = nn.Parameter(torch.ones(H, 1, d)) if layer_norm else None
+        self.ln_bias = nn.Parameter(torch.zeros(H, 1, d)) if layer_norm else None
+        self.ffn_w1 = nn.Parameter(torch.empty(H, d, 2 * d))
+        self.ffn_b1 = nn.Parameter(torch.zeros(H, 1, 2 * d))
+        self.ffn_w2 = nn.Parameter(torch.empty(H, 2 * d, d))
+        self.ffn_b2 = nn.Parameter(torch.zeros(H, 1, d))
+        self.use_pos_emb = use_pos_emb
+        if use_pos_emb:
+            self.pos_emb = nn.Parameter(torch.zeros(H, max_len, pos_emb_dim))
+            self.W_proj = nn.Parameter(torch.empty(H, d + pos_emb_dim, d))
+            self.b_proj = nn.Parameter(torch.zeros(H, 1, d))
+        self.attn_mlp = GroupedMLP(H, 4 * d, attention_hidden_units, attention_activation, 1,
+                                   attention_dropout)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        d, hd = self.model_dim, self.head_dim
+        _xavier_normal_(self.W_o, hd, d)
+        _xavier_normal_(self.ffn_w1, d, 2 * d)
+        _xavier_normal_(self.ffn_w2, 2 * d, d)
+        for b in (self.ffn_b1, self.ffn_b2):
+            nn.init.zeros_(b)
+        if self.ln_weight is not None:
+            nn.init.ones_(self.ln_weight)
+            nn.init.zeros_(self.ln_bias)
+        if self.use_pos_emb:
+            nn.init.zeros_(self.pos_emb)  # the reference's nn.Parameter(torch.zeros(...)), never re-initialised
+            _xavier_normal_(self.W_proj, self.W_proj.shape[1], d)
+            nn.init.zeros_(self.b_proj)
+
+    def head_outputs(self, seq: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """Self-attention, per-head output projection, residual, LayerNorm and FFN: (H, B*L, d)."""
+        B, L, d = seq.shape
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = self.W_qkv(seq).chunk(3, dim=-1)
+        q, k, v = (t.view(B, L, H, hd).transpose(1, 2) for t in (q, k, v))
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed[:, None],
+            dropout_p=self.attention_dropout if self.training else 0.0)  # (B, H, L, hd)
+        s = torch.bmm(attn.permute(1, 0, 2, 3).reshape(H, B * L, hd), self.W_o)
+        if self.net_dropout is not None:
+            s = self.net_dropout(s)
+        s = s + seq.reshape(1, B * L, d)
+        if self.ln_weight is not None:
+            s = torch.addcmul(self.ln_bias, F.layer_norm(s, (d,)), self.ln_weight)
+        hidden = F.relu(torch.baddbmm(self.ffn_b1, s, self.ffn_w1))
+        return torch.baddbmm(self.ffn_b2, hidden, self.ffn_w2) + s
+
+    def forward(self, seq: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        B, L, d = seq.shape
+        H = self.num_heads
+        z = self.head_outputs(seq, allowed).view(H, B, L, d)
+        # t = the (projected) target per head and position, kept as a per-(head, row) part plus
+        # a per-(head, position) part: t[h, b, l] = t_row[h, b] + t_pos[h, l]
+        if self.use_pos_emb:
             if L > self.max_len:
                 raise ValueError(f"sequence length {L} exceeds max_len={self.max_len} of the position embedding")
-            extra.append(self.pos_embedding.weight[:L].unsqueeze(0).expand(B, L, -1))
-        valid = mask.reshape(-1).nonzero().squeeze(1)
-        interests = []
-        for h in range(H):
-            z = heads[:, h]
-            unit_input = torch.cat([target, z, target - z, target * z] + extra, dim=-1).reshape(B * L, -1)
-            scores = unit_input.new_zeros(B * L)
-            if valid.numel() > 0:
-                scores = scores.index_put((valid,), self.attention_units[h](unit_input[valid]).squeeze(-1))
-            interests.append((scores.view(B, L, 1) * z).sum(dim=1))
-        return torch.cat(interests, dim=-1)
+            t_row = torch.baddbmm(self.b_proj, target.unsqueeze(0).expand(H, B, d), self.W_proj[:, :d])
+            t_pos = torch.bmm(self.pos_emb[:, :L], self.W_proj[:, d:])  # (H, L, d)
+        else:
+            t_row = target.unsqueeze(0).expand(H, B, d)
+            t_pos = None
+        W1 = self.attn_mlp.weights[0]  # (H, 4d, U) for [t, z, t - z, t * z]
+        W_t, W_z, W_diff, W_prod = W1.split(d, dim=1)
+        W_t = W_t + W_diff
+        t_full = t_row.unsqueeze(2) if t_pos is None else t_row.unsqueeze(2) + t_pos.unsqueeze(1)
+        zz = torch.cat([z, z * t_full], dim=-1).view(H, B * L, 2 * d)
+        pre = torch.bmm(zz, torch.cat([W_z - W_diff, W_prod], dim=1)).view(H, B, L, -1)
+        pre = pre + (torch.baddbmm(self.attn_mlp.biases[0], t_row, W_t).unsqueeze(2))
+        if t_pos is not None:
+            pre = pre + torch.bmm(t_pos, W_t).unsqueeze(1)
+        scores = self.attn_mlp(None, first_pre=pre.view(H, B * L, -1)).view(H, B, L)
+        weights = scores.masked_fill(~valid.unsqueeze(0), NEG_INF).softmax(dim=-1)
+        interests = torch.bmm(weights.view(H * B, 1, L), z.reshape(H * B, L, d)).view(H, B, d)
+        return interests.transpose(0, 1).reshape(B, H * d)
 
 
+# --------------------------------------------------------------------------- auxiliary loss
+class AuxiliaryNet(nn.Module):
+    """The reference's aux_net for one pair and its masked BCE (module docstring)."""
+
+    def __init__(self, model_dim: int, hidden_units: list[int], activation, dropout: float,
+                 batch_norm: bool, bn_only_once: bool):
+        super().__init__()
+        self.mlp = MLP_Block(input_dim=2 * model_dim, output_dim=1, hidden_units=list(hidden_units),
+                             hidden_activations=activation, output_activation=None,
+                             dropout_rates=dropout, batch_norm=batch_norm, bn_only_once=bn_only_once)
+
+    def forward(self, refined: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+        head = refined[:, :-1]
+        d2 = 2 * refined.shape[-1]
+        pos_logit = self.mlp(torch.cat([head, pos[:, 1:]], dim=-1).reshape(-1, d2))
+        neg_logit = self.mlp(torch.cat([head, neg[:, 1:]], dim=-1).reshape(-1, d2))
+        mask = valid[:, 1:].reshape(-1, 1).to(refined.dtype)
+        bce = (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
+               + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none"))
+        return (bce * mask).sum() / (2 * mask.sum() + 1e-9)
+
+
+# --------------------------------------------------------------------------- encoder
 class DMINEncoder(nn.Module):
-    """Embeddings -> refiners -> interest extractors -> DNN; returns the last DNN hidden layer."""
+    """Embeddings -> refiners -> interest extractors -> DNN hidden layers.
+
+    ``forward(X)`` returns ``(x, aux)``: ``x`` the last DNN hidden layer (B, output_dim) and
+    ``aux`` the lambda-weighted auxiliary loss of this batch (None when ``aux_loss_lambda`` is 0).
+    """
 
     def __init__(self,
                  feature_map,
-                 embedding_dim: int,
-                 target_field,
-                 sequence_field,
+                 embedding_dim: int = 10,
+                 target_field=("item_id", "cate_id"),
+                 sequence_field=("click_history", "cate_history"),
+                 neg_seq_field=("neg_click_history", "neg_cate_history"),
                  num_heads: int = 4,
                  use_behavior_refiner: bool = True,
+                 refiner_additive_mask: bool = False,
                  layer_norm: bool = True,
-                 attention_hidden_units: list[int] = [64],
-                 attention_activation="Dice",
+                 attention_hidden_units: list[int] = [80, 40],
+                 attention_activation="ReLU",
                  attention_dropout: float = 0.0,
                  use_pos_emb: bool = True,
                  pos_emb_dim: int = 8,
                  enable_sum_pooling: bool = False,
                  dnn_hidden_units: list[int] = [512, 128, 64],
-                 dnn_activations="ReLU",
+                 dnn_activations="Dice",
                  net_dropout: float = 0.0,
-                 batch_norm: bool = False,
-                 bn_only_once: bool = False):
+                 batch_norm: bool = True,
+                 bn_only_once: bool = False,
+                 aux_loss_lambda: float = 0.0,
+                 aux_hidden_units: list[int] = [100, 50],
+                 aux_activation="ReLU"):
         super().__init__()
-        if num_heads < 1:
-            raise ValueError(f"num_heads={num_heads} must be >= 1")
         features = feature_map.features
         self.pairs = normalize_field_pairs(target_field, sequence_field)
+        self.aux_loss_lambda = float(aux_loss_lambda)
+        neg_groups = field_groups(neg_seq_field, "neg_seq_field") if neg_seq_field else []
+        if neg_groups and len(neg_groups) != len(self.pairs):
+            raise ValueError(f"neg_seq_field={neg_seq_field!r} has {len(neg_groups)} entries but there are "
+                             f"{len(self.pairs)} (target, sequence) pairs")
+        if self.aux_loss_lambda > 0:
+            if not neg_groups:
+                raise ValueError(f"aux_loss_lambda={aux_loss_lambda} needs neg_seq_field (one negative "
+                                 f"sequence per pair, as the reference)")
+            for (targets, _), negs in zip(self.pairs, neg_groups):
+                if len(negs) != len(targets):
+                    raise ValueError(f"neg_seq_field {negs} must have as many fields as target_field {targets}")
+                missing = [n for n in negs if n not in features]
+                if missing:
+                    raise ValueError(f"aux_loss_lambda={aux_loss_lambda}: neg_seq_field {missing} not in "
+                                     f"the feature map (features: {sorted(features)})")
+        self.neg_groups = neg_groups
+        self.neg_fields = {n for g in neg_groups for n in g if n in features}
         for targets, sequences in self.pairs:
             for name in targets + sequences:
                 if name not in features:
@@ -195,41 +450,50 @@ class DMINEncoder(nn.Module):
             spec = features[name]
             return spec.get("emb_output_dim", spec.get("embedding_dim", embedding_dim))
 
-        self.enable_sum_pooling = enable_sum_pooling
         self.embedding_layer = FeatureEmbeddingDict(feature_map, embedding_dim)
-        pair_sequences = {name for _, sequences in self.pairs for name in sequences}
-        self.context_fields = [name for name, spec in features.items()
-                               if spec["type"] != "meta" and name not in pair_sequences]
+        self.enable_sum_pooling = enable_sum_pooling
         self.padding_idx = {name: (spec.get("padding_idx") or 0) for name, spec in features.items()}
-        input_dim = sum(emb_dim(name) for name in self.context_fields)
-        self.refiners = nn.ModuleList()
+        self.pair_sequences = {name for _, sequences in self.pairs for name in sequences}
+        self.flat_fields = [name for name, spec in features.items()
+                            if spec["type"] != "meta" and name not in self.pair_sequences
+                            and name not in self.neg_fields]
+        self.refiners = nn.ModuleList() if use_behavior_refiner else None
         self.extractors = nn.ModuleList()
-        for targets, sequences in self.pairs:
+        self.aux_nets = nn.ModuleList()
+        input_dim = sum(emb_dim(name) for name in self.flat_fields)
+        for i, (targets, sequences) in enumerate(self.pairs):
             model_dim = sum(emb_dim(name) for name in targets)
+            seq_dim = sum(emb_dim(name) for name in sequences)
+            if seq_dim != model_dim:
+                raise ValueError(f"target_field {targets} ({model_dim}-d) and sequence_field {sequences} "
+                                 f"({seq_dim}-d) must have the same embedding width")
+            if num_heads < 1 or model_dim % num_heads:
+                raise ValueError(f"model_dim={model_dim} of target_field {targets} is not divisible by "
+                                 f"num_heads={num_heads} (each head has model_dim / num_heads dimensions)")
             max_len = features[sequences[0]].get("max_len")
             if not max_len:
                 raise ValueError(f"sequence_field {sequences[0]!r} has no max_len in the feature map")
-            self.refiners.append(BehaviorRefiner(model_dim, num_heads, attention_dropout, net_dropout,
-                                                 layer_norm) if use_behavior_refiner else nn.Identity())
-            self.extractors.append(MultiInterestExtractor(model_dim, num_heads, max_len,
-                                                          attention_hidden_units, attention_activation,
-                                                          attention_dropout, use_pos_emb, pos_emb_dim))
-            input_dim += num_heads * model_dim + (model_dim if enable_sum_pooling else 0)
-        self.use_behavior_refiner = use_behavior_refiner
+            if use_behavior_refiner:
+                self.refiners.append(BehaviorRefiner(model_dim, num_heads, attention_dropout, net_dropout,
+                                                     layer_norm, refiner_additive_mask))
+            self.extractors.append(MultiInterestExtractor(
+                model_dim, num_heads, max_len, attention_hidden_units, attention_activation,
+                attention_dropout, net_dropout, layer_norm, use_pos_emb, pos_emb_dim))
+            if self.aux_loss_lambda > 0:
+                self.aux_nets.append(AuxiliaryNet(model_dim, aux_hidden_units, aux_activation, net_dropout,
+                                                  batch_norm, bn_only_once))
+            input_dim += num_heads * model_dim + (2 * model_dim if enable_sum_pooling else 0)
+        self.input_dim = input_dim
         self.dnn = MLP_Block(input_dim=input_dim, hidden_units=list(dnn_hidden_units),
                              hidden_activations=dnn_activations, output_dim=None,
                              dropout_rates=net_dropout, batch_norm=batch_norm, bn_only_once=bn_only_once)
         self.output_dim = dnn_hidden_units[-1] if dnn_hidden_units else input_dim
 
-    def forward(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, X: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         emb = self.embedding_layer(X)
         parts = []
-        for name in self.context_fields:
-            e = emb[name]
-            if e.dim() == 3:  # a sequence outside every pair and without a pooling encoder
-                e = masked_sequence_mean(e, X[name], self.padding_idx[name])
-            parts.append(e)
-        for (targets, sequences), refiner, extractor in zip(self.pairs, self.refiners, self.extractors):
+        aux = None
+        for i, (targets, sequences) in enumerate(self.pairs):
             for name in sequences:
                 if emb[name].dim() != 3:
                     raise ValueError(f"sequence_field {name!r} arrives pooled by its feature_encoder; "
@@ -237,9 +501,22 @@ class DMINEncoder(nn.Module):
                                      f"(feature_specs)")
             target = torch.cat([emb[name] for name in targets], dim=-1)
             seq = torch.cat([emb[name] for name in sequences], dim=-1)
-            mask = X[sequences[0]].long() != self.padding_idx[sequences[0]]
-            refined = refiner(seq, mask) if self.use_behavior_refiner else seq
-            parts.append(extractor(target, refined, mask))
+            valid = X[sequences[0]].long() != self.padding_idx[sequences[0]]
+            allowed = allowed_keys(valid)
+            refined = self.refiners[i](seq, allowed) if self.refiners is not None else seq
+            parts.append(self.extractors[i](refined, target, allowed, valid))
             if self.enable_sum_pooling:
-                parts.append((seq * mask.unsqueeze(-1).to(seq.dtype)).sum(dim=1))
-        return self.dnn(torch.cat(parts, dim=-1))
+                pooled = (seq * valid.unsqueeze(-1).to(seq.dtype)).sum(dim=1)
+                parts += [pooled, target * pooled]
+            if self.aux_loss_lambda > 0:
+                neg = torch.cat([emb[name] for name in self.neg_groups[i]], dim=-1)
+                term = self.aux_nets[i](refined, seq, neg, valid)
+                aux = term if aux is None else aux + term
+        for name in self.flat_fields:
+            if emb[name].dim() != 2:
+                raise ValueError(f"field {name!r} is a sequence outside every (target, sequence) pair "
+                                 f"and has no pooling feature_encoder: DMIN (like the reference) only "
+                                 f"feeds flat embeddings to its DNN")
+            parts.append(emb[name])
+        x = self.dnn(torch.cat(parts, dim=-1))
+        return x, (None if aux is None else self.aux_loss_lambda * aux)
