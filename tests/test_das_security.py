@@ -436,3 +436,16 @@ def test_cli_run_with_key_refuses_tampered_snapshot_and_keeps_the_previous(tiny,
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("exfm das run: snapshot fm-b refused: signature does not verify")
     assert NEW_KEY not in err
+
+
+def test_ray_actors_check_the_signature_too(tiny, models, tmp_path):
+    """The Ray engine's actors reload the snapshot themselves: they get the key file paths, not keys."""
+    from exfm_plugin.das.engines import _SnapshotPredictor
+
+    key = _key_file(tmp_path / "spd.key", NEW_KEY)
+    spd = SnapshotStore(tmp_path / "spd", keys=SigningKeys.from_files([key]))
+    a = _publish(spd, tiny, models, 0, "snap-a")
+    assert _SnapshotPredictor(spd.root, a, 1, (key,)).loaded.snapshot_id == a
+    _swap_weights_consistently(spd.get(a).path, models[1][0])
+    with pytest.raises(SnapshotUnauthenticated, match="snap-a refused"):
+        _SnapshotPredictor(spd.root, a, 1, (key,))
