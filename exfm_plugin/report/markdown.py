@@ -139,6 +139,8 @@ def unit_tables(cells: list[dict[str, Any]], consts: dict[tuple, dict[str, Any]]
         if const is not None:
             table.append(["constant p", "—", "—", "—"] + [""] * (len(headers) - 4))
             table[-1][headers.index("AUC")] = "0.5000"
+            if show_gauc:
+                table[-1][headers.index("gAUC")] = "0.5000"  # one score for all rows: 0.5 in every group
             table[-1][headers.index("LogLoss")] = fmt(const["constant_logloss"])
             table[-1][headers.index("NE")] = fmt(const["constant_NE"])
             table[-1][headers.index("n")] = const["n_seeds"]
