@@ -24,6 +24,26 @@ category popularity and of user tastes, and the share of users and ads that join
 stop) during the 8 days; a teacher frozen after day k therefore goes stale (Figure 9) while a
 student adapter re-fitted on fresh labels can recover part of the loss.
 
+Where the paper's two gaps come from (TaobaoAd; the parameters were fixed when the world was
+written, before any ExFM method was run on it, and are not tuned to results):
+  * Cross-domain bias (Table 4: one FM over the 3 domains, one VM per domain). A domain is a
+    group of ``new_user_class_level`` values (blank / 2 / 1,3,4). Per level, the world shifts
+    the base rate (``level_bias`` = [0, 0.25, 0.1, -0.15, -0.3] on the logit), the user's taste
+    vector (``D_level``: N(0, 0.6/sqrt(K)) per level and factor, added to every user of the
+    level) and the weight of the shopping intent (``intent_gamma`` = [0.6, 1.1, 1.0, 0.9, 1.2]).
+    An FM fitted on all domains shares its sequence attention, its DNN and its id embeddings
+    across them, so whatever of these per-level effects it does not separate shows up as a bias
+    in each domain's supervision; a domain VM trains on its own rows only. The level is an
+    input feature, so the bias is limited to what a model does not learn from it; a grid's
+    ``vm_drop_features`` widens the gap by withholding features (e.g. the behaviour sequences
+    that carry the intents) from the VMs while the FM keeps them.
+  * Freshness gap (Figure 9, ``drift`` scales all of it): daily random walks of ad popularity
+    (``ad_walk``, N(0, 0.2 drift) a day), category popularity (``cate_walk``, N(0, 0.1 drift))
+    and user tastes (``P_walk``, N(0, 0.15 drift) per factor); intents that change every day
+    (half carry over); users and ads that join or leave during the 8 days; and a base click
+    rate that rises from about 4.6% (day 1) to 5.6% (day 8). A snapshot trained through day
+    d-1 misses day d's moves; one frozen after day k misses all moves after k.
+
 Public API: ``generate_raw``, ``generate_bars``, ``make_world``, ``SIZES``.
 """
 from __future__ import annotations

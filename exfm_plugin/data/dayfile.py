@@ -37,12 +37,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..contracts import FM_PRED, fm_pred_column
 from ..fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-FM_PRED = "fm_pred"
 
 #: Attributes every day file carries (``time_range`` is optional).
 REQUIRED_ATTRS = ("dataset_id", "day", "num_rows", "schema_version", "columns")
@@ -250,8 +250,8 @@ def write_fm_supervision(base_day_path: str | os.PathLike,
     if isinstance(fm_pred, Mapping):
         if not fm_pred:
             raise DayFileError(f"{out}: fm_pred mapping is empty; expected one array per task label")
-        preds = {f"{FM_PRED}/{_check_name(label, out)}": _validated_fm_pred(v, num_rows, f"{out}: fm_pred[{label!r}]", base)
-                 for label, v in fm_pred.items()}
+        preds = {fm_pred_column(_check_name(label, out), multitask=True):
+                 _validated_fm_pred(v, num_rows, f"{out}: fm_pred[{label!r}]", base) for label, v in fm_pred.items()}
         tasks = list(fm_pred.keys())
     else:
         preds = {FM_PRED: _validated_fm_pred(fm_pred, num_rows, f"{out}: fm_pred", base)}
@@ -329,6 +329,16 @@ def _checked_attrs(f: h5py.File, path: str) -> dict[str, Any]:
     return raw
 
 
+def column_names(attrs: Mapping[str, Any]) -> list[str]:
+    """The names of the columns a day file's attributes list."""
+    return [c["name"] for c in attrs["columns"]]
+
+
+def extra_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The attributes a writer added beyond the schema's reserved ones (carried to a copy)."""
+    return {k: v for k, v in attrs.items() if k not in RESERVED_ATTRS}
+
+
 def read_day_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes as Python values (``columns`` parsed from JSON, ``time_range`` a
     tuple); raises :class:`DayFileError` for a foreign or other-version file."""
@@ -362,8 +372,7 @@ def get_column(f: h5py.File, attrs: Mapping[str, Any], name: str, path: str) -> 
         raise DayFileError(f"{path}: column {name!r} cannot be opened ({exc}); its external link "
                            f"target may be missing or unreadable") from exc
     if obj is None:
-        names = [c["name"] for c in attrs["columns"]]
-        raise DayFileError(f"{path}: no column {name!r}; the file holds {names}")
+        raise DayFileError(f"{path}: no column {name!r}; the file holds {column_names(attrs)}")
     if isinstance(obj, h5py.Group):
         raise DayFileError(f"{path}: {name!r} is a group of columns {sorted(obj.keys())}; "
                            f"request one of them as '{name}/<name>'")
@@ -380,7 +389,7 @@ def read_day_columns(path: str | os.PathLike,
     dtypes; ``rows`` is a slice or an array of row indices. Works on augmented splits."""
     path = os.fspath(path)
     with open_day_file(path) as (f, attrs):
-        names = [c["name"] for c in attrs["columns"]] if columns is None else list(columns)
+        names = column_names(attrs) if columns is None else list(columns)
         out = {}
         for name in names:
             ds = get_column(f, attrs, name, path)

@@ -16,6 +16,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the grid)")
     p.add_argument("--size", default=None, help="synthetic data size: tiny|small|medium|full or impressions")
+    p.add_argument("--vm-schedule", default=None, choices=["day", "stream"],
+                   help="how VMs train (overrides the grid): 'day' = a fresh VM on day 5+r (the paper's "
+                        "public protocol), 'stream' = one VM continued day by day from day 1")
     p.add_argument("--engine", default="inproc", choices=["inproc", "ray"], help="DAS inference engine")
     p.add_argument("--work", default="work", metavar="DIR", help="artifact directory (reused across runs)")
     p.add_argument("--results", default="results", metavar="DIR", help="records directory")
@@ -29,7 +32,8 @@ def run_run(args: argparse.Namespace) -> int:
 
     try:  # every grid is validated, and the device checked, before any work starts
         check_device(args.device)
-        grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size) for path in args.grid]
+        grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size,
+                           vm_schedule=args.vm_schedule) for path in args.grid]
     except GridError as exc:
         print(f"exfm run: {exc}", file=sys.stderr)
         return 2

@@ -18,17 +18,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..distill.config import METHODS, DistillConfig
+from ..contracts import BARS_DATASET_IDS, DATASETS, FM_TRAINING, METHODS, SIZES, SOURCES, VM_SCHEDULES
+from ..distill.config import DistillConfig
 from ..models import MODEL_REGISTRY
 
-DATASETS = ("taobaoad", "amazon", "kuaivideo")
-SOURCES = ("synthetic", "raw", "bars")
 MODES = ("single", "domains", "tasks")
-FM_TRAINING = ("stream", "epochs")
-SIZES = ("tiny", "small", "medium", "full")
 STUDENTS = ("FM", "FmFM", "DeepFM")
 TEACHERS = ("DMIN", "DCN", "DCNv2", "MultiTaskDMIN")
-BARS_DATASET_IDS = {"taobaoad": "taobaoad_x1", "amazon": "amazonelectronics_x1", "kuaivideo": "kuaivideo_x1"}
+MULTITASK_TEACHERS = frozenset({"MultiTaskDMIN"})
 DEFAULT_TASKS = ("is_click", "is_follow", "is_like")
 # files a real data root must hold, per (dataset, format): one name per alternative group
 REAL_FILES = {
@@ -43,11 +40,11 @@ REAL_FILES = {
 
 GRID_KEYS = {
     "grid", "description", "dataset", "source", "real_source", "size", "drift", "data_seed", "mode",
-    "rounds", "fm_training", "fm_epochs", "vm_epochs", "seeds", "base_config", "model_overrides",
-    "tasks", "domains", "tuner_space",
+    "rounds", "fm_training", "fm_epochs", "vm_epochs", "vm_schedule", "vm_drop_features", "seeds",
+    "base_config", "model_overrides", "tasks", "domains", "tuner_space",
 }
 CELL_KEYS = {"teacher", "student", "method", "label_scale", "grad_scale", "loss_weight",
-             "fm_frozen_after_day"}
+             "fm_frozen_after_day", "vm_schedule"}
 DISTILL_KEYS = {"head_hidden_units", "head_activation", "adapter_hidden_units", "adapter_input",
                 "adapter_residual", "adapter_lr", "adapter_eps"}
 
@@ -72,6 +69,8 @@ class Cell:
     domain: str | None = None
     task: str | None = None
     distill: tuple[tuple[str, Any], ...] = ()
+    vm_schedule: str = "day"
+    feature_gap: tuple[str, ...] = ()
 
     @property
     def train_day(self) -> int:
@@ -82,10 +81,26 @@ class Cell:
         return 6 + self.round
 
     @property
-    def fm_through_day(self) -> int:
-        """The last day the FM snapshot used for this cell has trained on."""
-        fresh = 4 + self.round
+    def train_days(self) -> list[int]:
+        """The days the VM trains on, in order: day 5+r alone (``day``), or days 1..5+r (``stream``)."""
+        return [self.train_day] if self.vm_schedule == "day" else list(range(1, self.train_day + 1))
+
+    def fm_day_for(self, day: int) -> int | None:
+        """The last day of the FM snapshot that labels ``day`` (trained through day-1, or its
+        freeze day); None before the first snapshot (day 1), where the VM trains as ``none``."""
+        fresh = day - 1
+        if fresh < 1:
+            return None
         return fresh if self.fm_frozen_after_day is None else min(fresh, self.fm_frozen_after_day)
+
+    @property
+    def fm_through_day(self) -> int:
+        """The last day the FM snapshot that labels the cell's train day has trained on."""
+        return self.fm_day_for(self.train_day)
+
+    @property
+    def multitask_teacher(self) -> bool:
+        return self.teacher in MULTITASK_TEACHERS
 
     def distill_config(self, fm_pred_column: str) -> DistillConfig:
         return DistillConfig(method=self.method, label_scale=self.label_scale, grad_scale=self.grad_scale,
@@ -109,6 +124,8 @@ class Grid:
     fm_training: str = "stream"
     fm_epochs: int = 1
     vm_epochs: int = 1
+    vm_schedule: str = "day"
+    vm_drop_features: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     base_config: str = "yaml_configs/models"
     model_overrides: dict[str, dict] = field(default_factory=dict)
@@ -137,9 +154,9 @@ def _check_choice(name: str, value: Any, choices, path: str) -> None:
 
 
 def load_grid(path: str, *, seeds: int | None = None, data_root: str | None = None,
-              size: str | int | None = None) -> Grid:
-    """Read and validate a grid file; ``seeds`` (a count), ``data_root`` and the synthetic
-    ``size`` override it."""
+              size: str | int | None = None, vm_schedule: str | None = None) -> Grid:
+    """Read and validate a grid file; ``seeds`` (a count), ``data_root``, the synthetic
+    ``size`` and ``vm_schedule`` (for every cell) override it."""
     if not os.path.isfile(path):
         raise GridError(f"grid file {path!r} does not exist")
     with open(path) as f:
@@ -160,6 +177,10 @@ def load_grid(path: str, *, seeds: int | None = None, data_root: str | None = No
     kwargs["tuner_space"] = [dict(block) for block in _as_list(space)]
     if size is not None:
         kwargs["size"] = int(size) if str(size).isdigit() else size
+    if vm_schedule is not None:
+        kwargs["vm_schedule"] = vm_schedule
+        kwargs["tuner_space"] = [{k: v for k, v in block.items() if k != "vm_schedule"}
+                                 for block in kwargs["tuner_space"]]
     grid = Grid(path=path, data_root=data_root, **kwargs)
     _validate(grid)
     return grid
@@ -172,6 +193,15 @@ def _validate(grid: Grid) -> None:
     _check_choice("real_source", grid.real_source, ("raw", "bars"), p)
     _check_choice("mode", grid.mode, MODES, p)
     _check_choice("fm_training", grid.fm_training, FM_TRAINING, p)
+    _check_choice("vm_schedule", grid.vm_schedule, VM_SCHEDULES, p)
+    if not isinstance(grid.vm_drop_features, list) or not all(isinstance(f, str) for f in grid.vm_drop_features):
+        raise GridError(f"{p}: vm_drop_features={grid.vm_drop_features!r} must be a list of feature names")
+    for name in ("fm_epochs", "vm_epochs"):
+        value = getattr(grid, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GridError(f"{p}: {name}={value!r} must be a whole number >= 1")
+    if not grid.seeds:
+        raise GridError(f"{p}: seeds gives no seed; a grid needs at least one")
     if grid.source == "synthetic" and not isinstance(grid.size, int):
         _check_choice("size", grid.size, SIZES, p)
     for r in grid.rounds:
@@ -206,13 +236,20 @@ def _validate(grid: Grid) -> None:
             _check_choice("student", s, STUDENTS, p)
         for m in _as_list(block["method"]):
             _check_choice("method", m, METHODS, p)
+        for v in _as_list(block.get("vm_schedule", grid.vm_schedule)):
+            _check_choice("vm_schedule", v, VM_SCHEDULES, p)
+            if v == "stream" and grid.vm_epochs != 1:
+                raise GridError(f"{p}: vm_schedule 'stream' trains one pass per day; vm_epochs must be 1")
         for d in _as_list(block.get("fm_frozen_after_day", None)):
             if d is not None and d not in range(1, 8):
                 raise GridError(f"{p}: fm_frozen_after_day={d!r} must be a day in 1..7 or null")
     if grid.mode == "tasks":
         for t in grid.tasks:
             _check_choice("task", t, DEFAULT_TASKS, p)
-    for cell in expand_cells(grid):  # every scale and distill option is valid before any work
+    cells = expand_cells(grid)
+    if not cells:
+        raise GridError(f"{p}: the grid expands to no cell (an empty list in tuner_space, rounds or seeds?)")
+    for cell in cells:  # every scale and distill option is valid before any work
         try:
             cell.distill_config("fm_pred")
         except ValueError as exc:
@@ -239,7 +276,9 @@ def expand_cells(grid: Grid) -> list[Cell]:
                 cell = Cell(teacher=choice["teacher"], student=choice["student"], method=method,
                             round=int(rnd), seed=int(seed), fm_frozen_after_day=choice.get("fm_frozen_after_day"),
                             domain=unit if grid.mode == "domains" else None,
-                            task=unit if grid.mode == "tasks" else None, distill=distill, **scales)
+                            task=unit if grid.mode == "tasks" else None, distill=distill,
+                            vm_schedule=choice.get("vm_schedule", grid.vm_schedule),
+                            feature_gap=tuple(grid.vm_drop_features), **scales)
                 cells[cell] = None
     return list(cells)
 

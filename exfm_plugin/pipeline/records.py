@@ -1,4 +1,5 @@
-"""Result records: one JSON line per evaluated cell (``records.jsonl``).
+"""Result records: one JSON line per evaluated cell (``<results>/records/<grid>.jsonl``),
+checked against the schema in :mod:`exfm_plugin.contracts.records` before it is written.
 
 Lines are appended and fsync'd one at a time, so a crash or Ctrl-C loses at most the cell
 that was running; a restarted run reads the file and skips cells already recorded as ok.
@@ -12,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-RECORD_VERSION = 1
+from ..contracts.records import RECORD_VERSION, validate_record
 
 
 def calibration_bins(y_true: np.ndarray, y_pred: np.ndarray, bins: int = 10) -> list[list[float]]:
@@ -35,7 +36,8 @@ class RecordWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, record: Mapping[str, Any]) -> None:
-        line = json.dumps({"record_version": RECORD_VERSION, **record}, sort_keys=True, default=float)
+        checked = validate_record({"record_version": RECORD_VERSION, **record})
+        line = json.dumps(checked, sort_keys=True, default=float)
         with open(self.path, "a") as f:
             f.write(line + "\n")
             f.flush()

@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..contracts import fm_pred_column
 from .artifacts import ArtifactStore, step_key
-from .grid import Cell, Grid, GridError
+from .grid import Cell, Grid, GridError, expand_cells
 from .records import RecordWriter
 from .stages import (Context, PreparedData, all_labels, das_stage, day_label_mean, domain_day_file, fm_eval_stage,
-                     fm_stage, prep_stage, vm_stage)
+                     fm_stage, prep_stage)
+from .vm_stages import DayInput, vm_eval_stage, vm_link_stage
 
 logger = logging.getLogger(__name__)
 ARTIFACT_KEYS = {"kind", "key", "spec"}  # an artifact's bookkeeping, not a measurement
@@ -78,21 +80,41 @@ def _label(prep: PreparedData, cell: Cell) -> str:
     return cell.task if cell.task is not None else all_labels(prep)[0]
 
 
+def day_input(ctx: Context, prep: PreparedData, cell: Cell, day: int) -> tuple[DayInput, str | None]:
+    """What the cell's VM trains on for ``day``: its own rows, augmented by DAS with the FM
+    snapshot of the day before (or its freeze day) unless the method is ``none`` or no
+    snapshot exists yet; also returns that snapshot's id."""
+    day_file, vm_name = _unit_files(ctx, prep, cell, day)
+    fm_day = cell.fm_day_for(day)
+    if cell.method == "none" or fm_day is None:
+        return DayInput(day, day_file, os.path.abspath(day_file), None), None
+    fm = fm_stage(ctx, prep, cell.teacher, cell.seed, fm_day)
+    splits = das_stage(ctx, fm, day, _day_vms(ctx, prep, day))
+    column = fm_pred_column(_label(prep, cell), cell.multitask_teacher)
+    return DayInput(day, splits[vm_name], f"{fm.key}/{day}/{vm_name}", column), fm.snapshot_id
+
+
+def ne_base_rate(ctx: Context, prep: PreparedData, cell: Cell) -> float:
+    """The common normaliser of every row (FM and VMs) compared on the cell's test day: the
+    click rate of the VM's training day 5+r (its unit's rows, its task's label). Under the
+    ``stream`` schedule the VM has also seen days 1..4+r; the last day's rate is used for both
+    schedules so that they, and the FM, share one constant predictor."""
+    train_file, _ = _unit_files(ctx, prep, cell, cell.train_day)
+    return day_label_mean(train_file, _label(prep, cell))
+
+
 def run_cell(ctx: Context, prep: PreparedData, cell: Cell) -> dict:
-    """Train and evaluate one VM cell; returns the record's measured fields."""
+    """Train and evaluate one VM cell under its schedule; returns the record's measured fields."""
     label = _label(prep, cell)
-    train_file, vm_name = _unit_files(ctx, prep, cell, cell.train_day)
+    inputs, snapshot_id = [], None
+    for day in cell.train_days:
+        item, snapshot = day_input(ctx, prep, cell, day)
+        inputs.append(item)
+        snapshot_id = snapshot or snapshot_id
+    link = vm_link_stage(ctx, prep, cell, label, inputs)
     test_file, _ = _unit_files(ctx, prep, cell, cell.test_day)
-    fm = None
-    if cell.method == "none":
-        fm_column, train_key = None, os.path.abspath(train_file)
-    else:
-        fm = fm_stage(ctx, prep, cell.teacher, cell.seed, cell.fm_through_day)
-        splits = das_stage(ctx, fm, cell.train_day, _day_vms(ctx, prep, cell.train_day))
-        train_file, train_key = splits[vm_name], f"{fm.key}/{cell.train_day}/{vm_name}"
-        fm_column = f"fm_pred/{label}" if cell.teacher == "MultiTaskDMIN" else "fm_pred"
-    result = vm_stage(ctx, prep, cell, train_file, test_file, label, fm_column, train_key)
-    return {**result, "snapshot_id": fm.snapshot_id if fm else None}
+    result = vm_eval_stage(ctx, prep, cell, label, link, test_file, ne_base_rate(ctx, prep, cell))
+    return {**result, "snapshot_id": snapshot_id}
 
 
 def run_fm_record(ctx: Context, prep: PreparedData, cell: Cell) -> dict:
@@ -100,8 +122,7 @@ def run_fm_record(ctx: Context, prep: PreparedData, cell: Cell) -> dict:
     label = _label(prep, cell)
     test_file, _ = _unit_files(ctx, prep, cell, cell.test_day)
     fm = fm_stage(ctx, prep, cell.teacher, cell.seed, cell.fm_through_day)
-    train_mean = sum(day_label_mean(prep.day_file(d), label) for d in range(1, fm.through_day + 1)) / fm.through_day
-    return {**fm_eval_stage(ctx, fm, test_file, label, train_mean), "snapshot_id": fm.snapshot_id}
+    return {**fm_eval_stage(ctx, fm, test_file, label, ne_base_rate(ctx, prep, cell)), "snapshot_id": fm.snapshot_id}
 
 
 def _record_base(grid: Grid, prep: PreparedData, cell: Cell, kind: str) -> dict:
@@ -114,6 +135,7 @@ def _record_base(grid: Grid, prep: PreparedData, cell: Cell, kind: str) -> dict:
         "distill": dict(cell.distill), "seed": cell.seed, "domain": cell.domain, "task": cell.task,
         "fm_frozen_after_day": cell.fm_frozen_after_day,
         "fm_staleness_days": cell.train_day - 1 - cell.fm_through_day,
+        "vm_schedule": cell.vm_schedule, "feature_gap": list(cell.feature_gap),
     }
 
 
@@ -128,12 +150,11 @@ def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *
     writer = RecordWriter(Path(results_dir) / "records" / f"{grid.name}.jsonl")
     summary = RunSummary(grid.name, str(writer.path))
     done = writer.done_cells()
-    from .grid import expand_cells
-
     cells = expand_cells(grid)
-    fm_cells = list({(c.teacher, c.seed, c.round, c.fm_frozen_after_day, c.domain, c.task):
+    fm_cells = list({(c.teacher, c.seed, c.round, c.fm_frozen_after_day, c.domain, c.task, c.vm_schedule):
                      Cell(c.teacher, "", "fm", 1.0, 1.0, 1.0, c.round, c.seed, c.fm_frozen_after_day,
-                          c.domain, c.task) for c in cells if c.method != "none"}.values())
+                          c.domain, c.task, vm_schedule=c.vm_schedule)
+                     for c in cells if c.method != "none"}.values())
     prep = prep_stage(ctx)
     jobs = [("vm", c) for c in cells] + [("fm", c) for c in fm_cells]
     for kind, cell in tqdm(jobs, desc=f"grid {grid.name}", unit="cell", disable=not progress):

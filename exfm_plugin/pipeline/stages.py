@@ -22,11 +22,12 @@ from fuxictr.features import FeatureMap
 from tqdm import tqdm
 
 from ..config import build_model, load_experiment
+from ..contracts import fm_pred_column
 from ..data import H5DataLoader, read_day_attrs, read_day_columns, write_day_file
-from ..distill import ExFMStudent, export_serving_model
-from ..metrics import evaluate_metrics
-from .artifacts import ArtifactStore
-from .grid import Cell, Grid, model_params
+from ..data.dayfile import column_names, extra_attrs
+from ..metrics import binary_entropy, evaluate_metrics, logloss
+from .artifacts import ArtifactStore, step_key
+from .grid import Grid, model_params
 from .records import calibration_bins
 
 logger = logging.getLogger(__name__)
@@ -110,9 +111,7 @@ def domain_day_file(ctx: Context, prep: PreparedData, day: int, domain: str) -> 
             cols = read_day_columns(prep.day_file(d))
             for dom in np.unique(cols["domain"]):
                 keep = cols["domain"] == dom
-                extra = {k: v for k, v in attrs.items()
-                         if k not in ("dataset_id", "day", "time_range", "num_rows", "schema_version", "columns")}
-                extra["domain"] = str(int(dom))
+                extra = {**extra_attrs(attrs), "domain": str(int(dom))}
                 write_day_file(tmp / f"day_{d}.domain_{int(dom)}.h5", {k: v[keep] for k, v in cols.items()},
                                dataset_id=attrs["dataset_id"], day=d, time_range=attrs.get("time_range"), attrs=extra)
         return {}
@@ -127,10 +126,12 @@ def domain_day_file(ctx: Context, prep: PreparedData, day: int, domain: str) -> 
 
 
 def load_feature_map(prep: PreparedData, params: dict, labels: list[str] | None = None) -> FeatureMap:
-    """The prepared feature map with the params' feature_specs and group id and, for a task
-    VM, only its own label."""
+    """The prepared feature map with the params' feature_specs, group id and ``use_features``
+    (fuxictr's key: a VM's features when it lacks some of the FM's) and, for a task VM, only
+    its own label."""
     fmap = FeatureMap(prep.dataset_id, prep.data_dir)
     fmap.load(os.path.join(prep.data_dir, "feature_map.json"), params)
+    fmap.num_fields = fmap.get_num_fields()  # fuxictr counts fields before applying use_features
     if labels is not None:
         fmap.labels = list(labels)
     return fmap
@@ -148,16 +149,34 @@ def _feature_names(prep: PreparedData) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------ models
-def bars_params(ctx: Context, prep: PreparedData, model: str, seed: int) -> dict:
+def _kept_features(prep: PreparedData, drop: tuple[str, ...]) -> list[str]:
+    """The prepared features minus ``drop``; a dropped feature that a kept one shares its
+    embedding with, or one the data does not have, is refused."""
+    features = {k: v for feat in _feature_map_json(prep.data_dir)["features"] for k, v in feat.items()}
+    unknown = sorted(set(drop) - set(features))
+    if unknown:
+        raise ValueError(f"vm_drop_features names {unknown}, which the prepared data does not have "
+                         f"(features: {sorted(features)})")
+    kept = [k for k in features if k not in drop]
+    for name in kept:
+        target = features[name].get("share_embedding")
+        if target in drop:
+            raise ValueError(f"vm_drop_features drops {target!r}, whose embedding {name!r} shares; "
+                             f"drop both or neither")
+    return kept
+
+
+def bars_params(ctx: Context, prep: PreparedData, model: str, seed: int, drop_features: tuple[str, ...] = ()) -> dict:
     """BARS hyperparameters of ``model`` for the grid's dataset, with the grid's overrides,
-    the model config's feature_specs narrowed to the features this data has, and the
-    prepared data's group id (for gAUC)."""
+    the model config's feature_specs narrowed to the features this data has, the prepared
+    data's group id (for gAUC) and, for a VM that lacks some of the FM's features, the
+    features it keeps (fuxictr's ``use_features``)."""
     base = load_experiment(f"{model}_{ctx.grid.bars_dataset_id}", model_dir=ctx.grid.base_config)
     params = model_params(ctx.grid, model, base)
     for key in ("data_root", "data_format", "train_data", "valid_data", "test_data", "feature_cols", "label_col",
                 "min_categr_count", "model_root", "dataset_id"):
         params.pop(key, None)
-    names = _feature_names(prep)
+    names = _feature_names(prep) - set(drop_features)
     specs = []
     for spec in params.get("feature_specs") or []:
         wanted = spec["name"] if isinstance(spec["name"], list) else [spec["name"]]
@@ -166,10 +185,12 @@ def bars_params(ctx: Context, prep: PreparedData, model: str, seed: int) -> dict
             specs.append({**spec, "name": present})
     params.update(seed=seed, verbose=0, feature_specs=specs or None,
                   group_id="group_id" if "group_id" in names else None)
+    if drop_features:
+        params["use_features"] = _kept_features(prep, drop_features)
     return params
 
 
-def _jsonable_params(params: dict) -> dict:
+def jsonable_params(params: dict) -> dict:
     """What a step's key and a snapshot's ``model_params.json`` hold: everything but the device."""
     return {k: v for k, v in params.items() if k != "gpu"}
 
@@ -206,13 +227,11 @@ def fm_stage(ctx: Context, prep: PreparedData, teacher: str, seed: int, through_
 
     grid = ctx.grid
     params = bars_params(ctx, prep, teacher, seed)
-    lineage = {"prep": prep.key, "teacher": teacher, "params": _jsonable_params(params), "seed": seed,
+    lineage = {"prep": prep.key, "teacher": teacher, "params": jsonable_params(params), "seed": seed,
                "fm_training": grid.fm_training, "fm_epochs": grid.fm_epochs}
     parent = (fm_stage(ctx, prep, teacher, seed, through_day - 1)
               if grid.fm_training == "stream" and through_day > 1 else None)
     spec = {**lineage, "through_day": through_day, "parent": parent.key if parent else None}
-    from .artifacts import step_key
-
     spd_root = str(ctx.store.root / "spd" / step_key("lineage", lineage))
 
     def build(tmp: Path) -> dict:
@@ -240,7 +259,7 @@ def fm_stage(ctx: Context, prep: PreparedData, teacher: str, seed: int, through_
         try:
             spd.get(snapshot_id)  # published by an earlier, interrupted run of this very step
         except SnapshotNotFound:
-            spd.publish(model, model_params=_jsonable_params(params), feature_map_dir=prep.data_dir,
+            spd.publish(model, model_params=jsonable_params(params), feature_map_dir=prep.data_dir,
                         trained_through_day=through_day, snapshot_id=snapshot_id)
         return {"snapshot_id": snapshot_id, "spd_root": spd_root, "train_rows": rows, "train_seconds": secs}
 
@@ -285,75 +304,47 @@ def das_stage(ctx: Context, fm: FMSnapshot, day: int, vms: dict[str, tuple[str, 
 
 # ------------------------------------------------------------------------------------ evaluation
 def evaluate_predictions(y: np.ndarray, pred: np.ndarray, group: np.ndarray | None,
-                         train_label_mean: float | None) -> dict[str, Any]:
+                         base_rate: float) -> dict[str, Any]:
+    """Metrics of one prediction vector; NE is normalised by ``base_rate``, the common
+    normaliser of every row compared on the same test day."""
     metrics = EVAL_METRICS + (["gAUC"] if group is not None else [])
-    values = evaluate_metrics(y, pred, metrics, group_id=group, train_label_mean=train_label_mean)
+    values = evaluate_metrics(y, pred, metrics, group_id=group, train_label_mean=base_rate)
     return {"metrics": {k: float(v) for k, v in values.items()}, "calibration_bins": calibration_bins(y, pred)}
 
 
-def _labels_and_groups(path: str, label: str) -> tuple[np.ndarray, np.ndarray | None]:
-    attrs = read_day_attrs(path)
-    names = [label] + (["group_id"] if "group_id" in attrs["columns"] else [])
+def constant_metrics(y: np.ndarray, base_rate: float) -> dict[str, float]:
+    """The constant predictor at the common normaliser's rate, scored on the same rows."""
+    value = logloss(y, np.full(len(y), base_rate))
+    return {"logloss": value, "NE": value / binary_entropy(base_rate)}
+
+
+def labels_and_groups(path: str, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A test day's labels, and its group ids (for gAUC) where the day file has them."""
+    names = [label] + (["group_id"] if "group_id" in column_names(read_day_attrs(path)) else [])
     cols = read_day_columns(path, names)
     return cols[label].astype(np.float64), cols.get("group_id")
 
 
-def fm_eval_stage(ctx: Context, fm: FMSnapshot, test_file: str, label: str, train_label_mean: float) -> dict:
-    """The FM's own metrics on a test day (for "does the FM beat the VMs")."""
+def fm_eval_stage(ctx: Context, fm: FMSnapshot, test_file: str, label: str, base_rate: float) -> dict:
+    """The FM's own metrics on a test day (for "does the FM beat the VMs"), NE on the VMs'
+    common normaliser ``base_rate``."""
     from ..das.spd import SnapshotStore
 
-    spec = {"fm": fm.key, "test_file": os.path.abspath(test_file), "label": label}
+    spec = {"fm": fm.key, "test_file": os.path.abspath(test_file), "label": label, "base_rate": base_rate}
 
     def build(tmp: Path) -> dict:
         loaded = SnapshotStore(fm.spd_root).load(fm.snapshot_id, device=ctx.device)
         loader = H5DataLoader(loaded.feature_map, test_file, split="test", batch_size=EVAL_BATCH,
                               allow_missing_labels=True)
-        column = "fm_pred" if not loaded.info.multitask else f"fm_pred/{label}"
+        column = fm_pred_column(label, loaded.info.multitask)
         start = time.perf_counter()
         pred = np.concatenate([loaded.predict_batch(b)[column] for b in loader])
         secs = time.perf_counter() - start
-        y, group = _labels_and_groups(test_file, label)
-        return {**evaluate_predictions(y, pred, group, train_label_mean),
-                "eval_samples_per_s": len(y) / max(secs, 1e-9)}
+        y, group = labels_and_groups(test_file, label)
+        return {**evaluate_predictions(y, pred, group, base_rate), "constant": constant_metrics(y, base_rate),
+                "ne_base_rate": base_rate, "eval_samples_per_s": len(y) / max(secs, 1e-9)}
 
     return ctx.memo(("fm_eval",) + tuple(spec.values()), lambda: ctx.store.build("fm_eval", spec, build)[2])
-
-
-def vm_stage(ctx: Context, prep: PreparedData, cell: Cell, train_file: str, test_file: str, label: str,
-             fm_column: str | None, train_key: str) -> dict:
-    """Train the cell's VM one pass (``vm_epochs``) on its day with its method, then evaluate
-    the exported serving model on the next day."""
-    params = bars_params(ctx, prep, cell.student, cell.seed)
-    distill = cell.distill_config(fm_column or "fm_pred")
-    spec = {"prep": prep.key, "student": cell.student, "params": _jsonable_params(params), "seed": cell.seed,
-            "distill": {k: (list(v) if isinstance(v, tuple) else v) for k, v in distill.__dict__.items()
-                        if k != "extra"},
-            "train": train_key, "test_file": os.path.abspath(test_file), "label": label,
-            "vm_epochs": ctx.grid.vm_epochs}
-
-    def build(tmp: Path) -> dict:
-        fmap = load_feature_map(prep, params, labels=[label])
-        torch.manual_seed(cell.seed)
-        vm = build_model(dict(params, model_root=str(tmp / "checkpoints"), gpu=ctx.gpu), fmap)
-        student = ExFMStudent(vm, distill)
-        extra = [fm_column] if distill.uses_teacher else []
-        rows = secs = 0.0
-        for epoch in range(ctx.grid.vm_epochs):
-            loader = H5DataLoader(fmap, train_file, batch_size=params["batch_size"], shuffle=True,
-                                  seed=cell.seed * 1000 + epoch, extra_columns=extra)
-            r, s = train_one_pass(student, loader, f"VM {cell.student}/{cell.method}", ctx.progress)
-            rows, secs = rows + r, secs + s
-        served = export_serving_model(student)
-        start = time.perf_counter()
-        pred = served.predict(H5DataLoader(fmap, test_file, split="test", batch_size=EVAL_BATCH))
-        eval_secs = time.perf_counter() - start
-        y, group = _labels_and_groups(test_file, label)
-        return {**evaluate_predictions(y, pred, group, student.train_label_mean),
-                "train_label_mean": student.train_label_mean,
-                "train_samples_per_s": rows / max(secs, 1e-9), "eval_samples_per_s": len(y) / max(eval_secs, 1e-9),
-                "train_seconds": secs}
-
-    return ctx.store.build("vm", spec, build)[2]
 
 
 def day_label_mean(path: str, label: str) -> float:
