@@ -15,6 +15,11 @@ WORK ?= work
 EXFM := $(VENV)/bin/exfm
 RUN_ARGS = --work $(WORK) --results $(RESULTS) --device $(DEVICE) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) $(if $(SEEDS),--seeds $(SEEDS))
 SMOKE_GRIDS := $(sort $(wildcard yaml_configs/grids/smoke_*.yaml))
+# `make reproduce` runs the small grids in two 1-thread lanes that share no step (lane A: the
+# TaobaoAd world of Tables 2/4 and Figures 10-12; lane B: Figure 9's faster-drifting world,
+# Amazon, KuaiVideo): on 2 cores that is about twice as fast as one 2-thread run
+LANE_A := $(addprefix yaml_configs/grids/smoke_,table2.yaml table4.yaml fig12.yaml fig10_11.yaml)
+LANE_B := $(filter-out $(LANE_A),$(SMOKE_GRIDS))
 FULL_GRIDS := table2 table3 table4 table5 fig9 fig12 fig10_11
 
 .PHONY: install test reproduce report bench clean $(FULL_GRIDS)
@@ -30,10 +35,13 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# the smoke version of every table and figure on the embedded synthetic data, then the report;
+# the small version of every table and figure on the embedded synthetic data, then the report;
 # the report is written even when a cell failed, and the failure is the exit status
 reproduce: $(STAMP)
-	status=0; $(EXFM) run --grid $(SMOKE_GRIDS) --work $(WORK) --results $(RESULTS) || status=$$?; \
+	status=0; \
+	$(EXFM) run --threads 1 --grid $(LANE_B) --work $(WORK) --results $(RESULTS) --no-progress & lane_b=$$!; \
+	$(EXFM) run --threads 1 --grid $(LANE_A) --work $(WORK) --results $(RESULTS) || status=$$?; \
+	wait $$lane_b || status=$$?; \
 	$(EXFM) report --records $(RESULTS) --out $(RESULTS) && exit $$status
 
 $(FULL_GRIDS): $(STAMP)

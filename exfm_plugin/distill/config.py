@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from ..contracts import ADAPTER_CONTROL, METHODS
@@ -44,7 +44,6 @@ class DistillConfig:
     adapter_lr: float = 1e-3
     adapter_eps: float = 1e-6
     fm_pred_column: str = "fm_pred"
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -84,10 +83,14 @@ class DistillConfig:
     def trains_adapter(self) -> bool:
         return self.method == "ah_sa"
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (tuples as lists): what a step key and a record hold."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> "DistillConfig":
         """Build from a YAML block; an unknown key is an error, never ignored."""
-        known = {f.name for f in fields(cls)} - {"extra"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"unknown distillation option(s) {unknown}; known: {sorted(known)}")

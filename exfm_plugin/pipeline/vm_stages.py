@@ -69,10 +69,6 @@ def _config_in_force(cell: Cell, inputs: list[DayInput], fm_column: str | None) 
     return cell.distill_config(fm_column) if supervised else DistillConfig(method="none")
 
 
-def _student_spec(config: DistillConfig) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items() if k != "extra"}
-
-
 def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inputs: list[DayInput]) -> tuple[str, Path, dict]:
     """The student after training on ``inputs`` in order (one link per day, shared prefixes
     built once); returns the last link's ``(key, dir, meta)``."""
@@ -83,7 +79,7 @@ def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inpu
     params = bars_params(ctx, prep, cell.student, cell.seed, drop_features=cell.feature_gap)
     passes = ctx.grid.vm_epochs if cell.vm_schedule == "day" else 1
     spec = {"prep": prep.key, "student": cell.student, "params": jsonable_params(params), "seed": cell.seed,
-            "distill": _student_spec(config), "label": label, "day": last.day, "input": last.key,
+            "distill": config.as_dict(), "label": label, "day": last.day, "input": last.key,
             "fm_column": last.fm_column, "passes": passes, "parent": parent[0] if parent else None}
 
     def build(tmp: Path) -> dict:
