@@ -14,14 +14,12 @@ TaobaoAd, ``domain``.
 
 A failed run leaves no half-written output and never touches a good one: everything is
 read and validated before the first write, written into a temporary sibling directory, and
-only a complete directory replaces ``<out_dir>/<dataset_id>`` (rename).
+only a complete directory replaces ``<out_dir>/<dataset_id>`` (``exfm_plugin.fsutil.atomic_dir``).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +29,9 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from exfm_plugin.contracts import SIZES, SOURCES
+from exfm_plugin.fsutil import atomic_dir
+
 from . import readers
 from .encoding import FeatureEncoder, vocab_days as _vocab_days
 from .errors import DataFormatError
@@ -38,8 +39,6 @@ from .splits import N_DAYS, assign_days, domain_info, domain_of, save_domain_map
 
 logger = logging.getLogger(__name__)
 
-SIZES = ("tiny", "small", "medium", "full")
-SOURCES = ("raw", "bars", "synthetic")
 #: The reader format the synthetic generator writes for each dataset.
 SYNTHETIC_FORMAT = {"taobaoad": "raw", "amazon": "raw", "kuaivideo": "bars"}
 
@@ -167,12 +166,11 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
                              min_categr_count=result.min_categr_count).fit(fit_rows, all_meta=frame)
     del fit_rows
 
-    # ---- write into a temporary directory, then swap it in
+    # ---- write into a temporary directory, then swap it in (atomic_dir: fsync'ed, renamed)
     out.mkdir(parents=True, exist_ok=True)
     final = out / dataset_id
-    tmp = out / f".{dataset_id}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(final, replace=True) as tmp_dir:
+        tmp = Path(tmp_dir)
         encoder.save(tmp)
         if domains is not None:
             save_domain_mapping(tmp / "domains.json", domains)
@@ -196,21 +194,8 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
                            domains, time_ranges)
         summary.seconds = time.perf_counter() - start
         (tmp / "prep_summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-        _swap_in(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("prepared %s: %d rows in %.1f s", dataset_id, summary.total_rows, summary.seconds)
     return summary
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by the complete ``tmp`` directory (two renames, no partial state)."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _summary(dataset: str, source: str, dataset_id: str, final: Path, frame: pl.DataFrame,

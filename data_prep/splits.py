@@ -26,7 +26,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta, timezone
 from pathlib import Path
 from typing import Mapping
 
@@ -205,8 +205,3 @@ def domain_of(series: pl.Series, mapping: Mapping[str, int]) -> np.ndarray:
     default = mapping.get("missing", 0)
     return tokens.replace_strict(list(mapping), list(mapping.values()), default=default,
                                  return_dtype=pl.Int8).to_numpy()
-
-
-def day_bounds(seconds: int) -> str:
-    """The Beijing wall-clock time of a UNIX second (for messages and tests)."""
-    return datetime.fromtimestamp(seconds, BEIJING).isoformat()

@@ -1,4 +1,4 @@
-"""The ``exfm`` command. Subcommands are added as their stages are built.
+"""The ``exfm`` command: one subcommand per stage of the pipeline (data, DAS, grid runs, report).
 
     exfm prep --dataset taobaoad|amazon|kuaivideo --source raw|bars|synthetic \\
               --input DIR --out DIR [--seed N] [--size tiny|small|medium|full]

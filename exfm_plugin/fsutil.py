@@ -1,8 +1,36 @@
-"""Durable file-system steps shared by every atomic writer (day files, snapshots, DAS shards)."""
+"""Atomic, durable writes: the one temp-then-rename helper every writer uses.
+
+A reader (another DAS worker, a training run, a crash-restarted process) must see a file or a
+directory whole or not at all, so nothing is written in place:
+
+* :func:`atomic_file` / :func:`atomic_dir` hand out a temporary sibling of the target
+  (``.<name>.<random>.tmp`` in the same directory, hence the same file system, so the final
+  ``rename`` is atomic). The caller writes into it with whatever library it likes (h5py,
+  json, torch.save, another writer of this module).
+* When the ``with`` block succeeds, the temp is made durable and renamed into place. When it
+  raises (or the process dies), the target is untouched; on an exception the temp is removed.
+  A killed process can leave a temp behind: names start with ``.`` and end with ``.tmp`` so
+  listings skip them and a sweeper can find them.
+
+The fsync policy, one for every writer: **every file's data is fsync'ed after the caller has
+closed it and before the rename; every directory of a temp tree is fsync'ed before the rename;
+the parent directory is fsync'ed after the rename.** The first two make sure the rename never
+publishes a name whose data could still be lost in a crash; the last makes the rename itself
+survive one. (fsync of a directory is best effort: some file systems refuse it.)
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+__all__ = ["TEMP_SUFFIX", "atomic_dir", "atomic_file", "fsync_dir", "fsync_file", "fsync_tree", "is_temp_name"]
+
+#: every temp name ends with this (and starts with ``.``)
+TEMP_SUFFIX = ".tmp"
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -14,3 +42,118 @@ def fsync_dir(directory: str | os.PathLike) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """fsync a closed file's data by path (works whoever wrote it: h5py, torch, json)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | os.PathLike) -> None:
+    """fsync every file, then every directory (deepest first), of the tree under ``root``."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                fsync_file(path)
+        fsync_dir(dirpath)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a directory entry is a temp of this module (of a writer that may have died)."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def _make_temp_dir(parent: str, prefix: str) -> str:
+    """A new empty directory ``<parent>/<prefix><random>.tmp`` with the umask's permissions (as
+    ``os.makedirs`` gives; ``tempfile.mkdtemp`` would make it private to this user)."""
+    while True:
+        path = os.path.join(parent, f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+def _parent_and_prefix(path: str | os.PathLike) -> tuple[str, str, str]:
+    target = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(target)
+    if not name:
+        raise ValueError(f"{os.fspath(path)!r}: expected a file or directory path, not a root")
+    os.makedirs(parent, exist_ok=True)
+    return target, parent, f".{name}."
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator[str]:
+    """Yield the path of an empty temp file; on success it becomes ``path`` (fsync'ed, renamed).
+
+    The temp is made by ``tempfile.mkstemp``, so the file ends up readable by its owner only
+    (as every writer here made it before this helper existed).
+
+    ``exclusive``: create ``path`` only if it does not exist yet (a hard link, so the check and
+    the create are one atomic step); if it exists, the temp is removed and
+    :class:`FileExistsError` is raised, naming the path. Otherwise an existing file is replaced.
+    """
+    target, parent, prefix = _parent_and_prefix(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=parent)
+    os.close(fd)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        if exclusive:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise FileExistsError(f"{target} already exists; not replaced (exclusive create)") from None
+            os.remove(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fsync_dir(parent)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[str]:
+    """Yield the path of an empty temp directory; on success it becomes ``path``.
+
+    Every file and directory of the tree is fsync'ed, then the tree is renamed into place.
+    ``replace=False``: an existing ``path`` is never touched, :class:`FileExistsError` is raised
+    (also when another writer renames its tree there first). ``replace=True``: an existing
+    ``path`` is renamed aside, the new tree renamed in, and the old one deleted; a reader sees
+    the old tree or the new one, and for an instant between the two renames neither.
+    """
+    target, parent, prefix = _parent_and_prefix(path)
+    if not replace and os.path.lexists(target):
+        raise FileExistsError(f"{target} already exists; not replaced")
+    tmp = _make_temp_dir(parent, prefix)
+    old: str | None = None
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if replace and os.path.lexists(target):
+            old = _make_temp_dir(parent, f"{prefix}old.")
+            os.replace(target, old)  # onto the empty placeholder: atomic
+        try:
+            os.rename(tmp, target)  # a non-empty directory there makes this fail: never overwrites
+        except OSError as exc:
+            if os.path.lexists(target):
+                raise FileExistsError(f"{target} was created by another writer meanwhile; not replaced") from exc
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and os.path.lexists(old) and not os.path.lexists(target):
+            os.replace(old, target)  # put the old tree back
+            old = None
+        raise
+    fsync_dir(parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

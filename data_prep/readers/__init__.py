@@ -17,20 +17,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exfm_plugin.contracts import DATASETS
+
 from ..errors import DataFormatError
 from . import amazon, kuaivideo, taobaoad
 from .common import ReadResult
 
-DATASETS = ("taobaoad", "amazon", "kuaivideo")
-SOURCES = ("raw", "bars")
+#: the file formats a reader parses (``exfm prep --source synthetic`` writes one of them first)
+FORMATS = ("raw", "bars")
 
 
 def read(dataset: str, source: str, input_dir: str | Path, *, seed: int = 0) -> ReadResult:
     """Read ``dataset`` from ``input_dir`` in the ``source`` format into its canonical frame."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if source not in FORMATS:
+        raise ValueError(f"unknown source format {source!r}; expected one of {FORMATS}")
     if dataset == "taobaoad":
         return taobaoad.read_raw(input_dir) if source == "raw" else taobaoad.read_bars(input_dir)
     if dataset == "amazon":
@@ -38,4 +40,4 @@ def read(dataset: str, source: str, input_dir: str | Path, *, seed: int = 0) -> 
     return kuaivideo.read_bars(input_dir)
 
 
-__all__ = ["DATASETS", "SOURCES", "DataFormatError", "ReadResult", "read", "amazon", "kuaivideo", "taobaoad"]
+__all__ = ["FORMATS", "DataFormatError", "ReadResult", "read", "amazon", "kuaivideo", "taobaoad"]

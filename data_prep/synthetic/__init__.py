@@ -44,18 +44,18 @@ written, before any ExFM method was run on it, and are not tuned to results):
     rate that rises from about 4.6% (day 1) to 5.6% (day 8). A snapshot trained through day
     d-1 misses day d's moves; one frozen after day k misses all moves after k.
 
-Public API: ``generate_raw``, ``generate_bars``, ``make_world``, ``SIZES``.
+Public API: ``generate_raw``, ``generate_bars``, ``make_world``, ``IMPRESSIONS_PER_SIZE``.
 """
 from __future__ import annotations
 
 from .amazon import AmazonWorld
-from .common import SIZES, check_dataset, resolve_size
+from .common import IMPRESSIONS_PER_SIZE, check_dataset, resolve_size
 from .kuaivideo import KuaiVideoWorld
 from .taobao import TaobaoWorld
 
 World = TaobaoWorld | AmazonWorld | KuaiVideoWorld
 
-__all__ = ["SIZES", "AmazonWorld", "KuaiVideoWorld", "TaobaoWorld", "World", "generate_bars",
+__all__ = ["IMPRESSIONS_PER_SIZE", "AmazonWorld", "KuaiVideoWorld", "TaobaoWorld", "World", "generate_bars",
            "generate_raw", "make_world"]
 
 

@@ -13,10 +13,11 @@ from typing import Iterable
 import numpy as np
 import polars as pl
 
-DATASETS = ("taobaoad", "amazon", "kuaivideo")
+from exfm_plugin.contracts import DATASETS
 
-# Number of labelled impressions (Amazon: DIN-style samples, one negative per positive).
-SIZES: dict[str, dict[str, int]] = {
+#: Number of labelled impressions a synthetic dataset of each size preset (``contracts.SIZES``)
+#: has (Amazon: DIN-style samples, one negative per positive).
+IMPRESSIONS_PER_SIZE: dict[str, dict[str, int]] = {
     "taobaoad": {"tiny": 10_000, "small": 200_000, "medium": 2_000_000, "full": 26_557_961},
     "amazon": {"tiny": 10_000, "small": 200_000, "medium": 2_000_000, "full": 2_993_570},
     "kuaivideo": {"tiny": 10_000, "small": 200_000, "medium": 2_000_000, "full": 13_661_383},
@@ -38,10 +39,10 @@ def resolve_size(dataset: str, size: str | int) -> int:
     """Turn a preset name or an int into a number of impressions (at least 1000)."""
     dataset = check_dataset(dataset)
     if isinstance(size, str):
-        if size not in SIZES[dataset]:
+        if size not in IMPRESSIONS_PER_SIZE[dataset]:
             raise ValueError(f"unknown size {size!r} for {dataset}; expected an int or one of "
-                             f"{sorted(SIZES[dataset])}")
-        return SIZES[dataset][size]
+                             f"{sorted(IMPRESSIONS_PER_SIZE[dataset])}")
+        return IMPRESSIONS_PER_SIZE[dataset][size]
     if int(size) < 1000:
         raise ValueError(f"size={size} is too small: the world needs at least 1000 impressions")
     return int(size)

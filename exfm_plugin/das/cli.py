@@ -155,9 +155,8 @@ def _load_params(text: str, expid: str | None) -> dict[str, Any]:
 
 def _run_publish(args: argparse.Namespace) -> int:
     import torch
-    from fuxictr.features import FeatureMap
 
-    from ..config import build_model
+    from .snapshot import rebuild_model
     from .spd import SnapshotStore
 
     keys = _spd_keys(args)  # a bad key file fails before any work
@@ -171,17 +170,11 @@ def _run_publish(args: argparse.Namespace) -> int:
     params.setdefault("optimizer", "adam")
     params.setdefault("loss", "binary_crossentropy")
     params.setdefault("metrics", ["logloss", "AUC"])
-    feature_map = FeatureMap(dataset_id, args.feature_map_dir)
-    feature_map.load(fmap_path, params)
-    model = build_model(params, feature_map)
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(f"--weights {args.weights} do not fit model {params['model']} built from "
-                         f"--model-params: {exc}") from None
+    model, _ = rebuild_model(params, dataset_id, args.feature_map_dir, state,
+                             weights_name=f"--weights {args.weights}", params_name="--model-params")
     info = SnapshotStore(args.snapshots, keys=keys).publish(model, model_params=params, feature_map_dir=args.feature_map_dir,
                                                  trained_through_day=args.day, snapshot_id=args.snapshot_id)
     print(json.dumps({"snapshot_id": info.snapshot_id, "snapshots": os.path.abspath(args.snapshots)}))
@@ -217,49 +210,61 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 def _run_jobs(args: argparse.Namespace, store: Any, snapshots: Any, vms: list, owner: str) -> int:
-    """Augment the day with the current (or pinned) snapshot; with ``--poll``, again with each new one."""
-    from .augmenter import AugmentJob, run_worker
-    from .engines import make_engine
+    """Augment the day once with the pinned or current snapshot; with ``--poll``, keep running and
+    augment it again with each snapshot the loader makes current."""
+    from .loader import SnapshotLoader
 
-    loaded: dict[str, Any] = {}  # snapshot id -> loaded model: each snapshot is loaded once
-    done: set[str] = set()
-    while True:
+    if args.snapshot is not None or args.poll is None:
         snapshot_id = args.snapshot
         if snapshot_id is None:
             current = store.get_current()
             snapshot_id = current.snapshot_id if current is not None else None
-        if snapshot_id is None and args.poll is None:
+        if snapshot_id is None:
             print(f"exfm das run: no snapshot in {args.snapshots} (publish one with `exfm das publish`)",
                   file=sys.stderr)
             return 2
-        if snapshot_id is None:
-            logger.info("no snapshot yet; polling again in %.1f s", args.poll)
-        else:
-            job = AugmentJob.from_day_files(vms, snapshot_id, args.out, day=args.day, shard_rows=args.shard_rows)
-            if job.job_id not in done:
-                done.add(job.job_id)
+        job = _job(args, vms, snapshot_id)  # a bad day file fails before the snapshot is loaded
+        _augment(args, store, job, owner, snapshots.load(snapshot_id, device="cpu"))
+        while args.poll is not None:  # pinned: the job is done; keep the updater running
+            time.sleep(args.poll)
+        return 0
+    # a service: the loader keeps the store's current snapshot loaded (each snapshot once; one
+    # that fails to load is refused and the old one stays current) while jobs run
+    done: set[str] = set()
+    loader = SnapshotLoader(snapshots, store, device="cpu", poll_interval=args.poll)
+    loader.poll_once()  # the first job need not wait for the thread
+    with loader:
+        while True:
+            loaded = loader.current
+            if loaded is None:
+                logger.info("no snapshot loaded yet; polling again in %.1f s", args.poll)
+            elif loaded.snapshot_id not in done:
+                done.add(loaded.snapshot_id)
                 try:
-                    if snapshot_id not in loaded:
-                        new = snapshots.load(snapshot_id, device="cpu")  # the old one is dropped only after
-                        loaded.clear()
-                        loaded[snapshot_id] = new
-                    engine = (None if args.engine == "inproc" else
-                              (lambda _l, sid=snapshot_id: make_engine(
-                                  "ray", snapshot_store_root=args.snapshots, snapshot_id=sid,
-                                  num_workers=args.workers, batch_size=args.batch_size,
-                                  spd_key_files=args.spd_key_file)))
-                    report = run_worker(job, store, owner, args.lease, loaded=loaded[snapshot_id], engine=engine,
-                                        batch_size=args.batch_size, poll_interval=min(1.0, args.lease / 4),
-                                        progress=not args.no_progress)
-                    print(json.dumps(report.to_dict()), flush=True)
-                except Exception:
-                    if args.poll is None:
-                        raise
-                    # a service keeps polling: one bad snapshot must not stop augmentation for good
-                    logger.exception("job %s failed; not retried with this snapshot", job.job_id)
-        if args.poll is None:
-            return 0
-        time.sleep(args.poll)
+                    _augment(args, store, _job(args, vms, loaded.snapshot_id), owner, loaded)
+                except Exception:  # one bad snapshot must not stop augmentation for good
+                    logger.exception("augmenting with snapshot %s failed; not retried with it", loaded.snapshot_id)
+            time.sleep(args.poll)
+
+
+def _job(args: argparse.Namespace, vms: list, snapshot_id: str) -> Any:
+    from .augmenter import AugmentJob
+
+    return AugmentJob.from_day_files(vms, snapshot_id, args.out, day=args.day, shard_rows=args.shard_rows)
+
+
+def _augment(args: argparse.Namespace, store: Any, job: Any, owner: str, loaded: Any) -> None:
+    """Run one worker on ``job`` with the ``loaded`` snapshot; prints its report as a JSON line."""
+    from .augmenter import run_worker
+    from .engines import make_engine
+
+    engine = (None if args.engine == "inproc" else
+              (lambda _l: make_engine("ray", snapshot_store_root=args.snapshots, snapshot_id=loaded.snapshot_id,
+                                      num_workers=args.workers, batch_size=args.batch_size,
+                                      spd_key_files=args.spd_key_file)))
+    report = run_worker(job, store, owner, args.lease, loaded=loaded, engine=engine, batch_size=args.batch_size,
+                        poll_interval=min(1.0, args.lease / 4), progress=not args.no_progress)
+    print(json.dumps(report.to_dict()), flush=True)
 
 
 # --------------------------------------------------------------------------- status
@@ -331,14 +336,8 @@ def run_das(args: argparse.Namespace) -> int:
     from .metastore import MetastoreError
     from .spd import SPDError
 
-    errors: tuple[type[BaseException], ...] = (AugmentError, DayFileError, MetastoreError, SPDError,
-                                               FileNotFoundError, ValueError)
-    try:
-        from .spd import FeatureMapMismatch
-
-        errors += (FeatureMapMismatch,)
-    except ImportError:
-        pass
+    # FeatureMapMismatch and WeightsMismatch are SPDErrors
+    errors = (AugmentError, DayFileError, MetastoreError, SPDError, FileNotFoundError, ValueError)
     try:
         return int(args.das_func(args) or 0)
     except errors as exc:

@@ -26,6 +26,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .snapshot import column_tensor
+
 logger = logging.getLogger(__name__)
 
 ID_COLUMN = "example_id"
@@ -61,19 +63,9 @@ class Engine(Protocol):
 
 def to_model_batch(columns: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None,
                    skip: tuple[str, ...] = (ID_COLUMN,)) -> dict[str, torch.Tensor]:
-    """Rows ``[start, stop)`` as the tensors a fuxictr model takes: integer ids upcast to int64
-    (embedding lookups need it; day files store the narrowest int), everything else float32."""
-    batch = {}
-    for name, arr in columns.items():
-        if name in skip:
-            continue
-        part = arr[start:stop]
-        if np.issubdtype(part.dtype, np.integer) or part.dtype == np.bool_:
-            part = part.astype(np.int64, copy=False)
-        else:
-            part = part.astype(np.float32, copy=False)
-        batch[name] = torch.from_numpy(np.ascontiguousarray(part))
-    return batch
+    """Rows ``[start, stop)`` as the tensors a fuxictr model takes (:func:`.snapshot.column_tensor`:
+    integer ids upcast to int64, everything else float32)."""
+    return {name: column_tensor(arr[start:stop]) for name, arr in columns.items() if name not in skip}
 
 
 def _as_prob(name: str, value: Any, rows: int) -> np.ndarray:

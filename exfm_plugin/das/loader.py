@@ -1,6 +1,7 @@
-"""The DAS loader: serves FM predictions from the snapshot the metadata store names, with hot swap.
+"""The DAS loader (the paper's name): keeps the snapshot the metadata store names loaded, with hot swap.
 
-A background thread watches the store's current snapshot. When it changes, the thread loads
+``exfm das run --poll`` augments each day with :attr:`SnapshotLoader.current`; :meth:`predict`
+answers single batches. A background thread watches the store's current snapshot. When it changes, the thread loads
 the new snapshot (verify checksums, rebuild, load weights: minutes for a large FM) while the
 old one keeps answering; only a fully loaded snapshot is swapped in, by replacing one
 reference to an immutable ``(snapshot_id, LoadedSnapshot)`` pair. ``predict`` reads that
@@ -8,7 +9,7 @@ reference once, so every answer comes wholly from one snapshot and says which.
 
 Each snapshot id is loaded at most once, ever (the paper: "each new snapshot is loaded only
 once"): a snapshot that failed to load (corrupt, missing) is refused for good and the old
-one keeps serving; the store naming an already-loaded older id again does not reload it.
+one stays current; the store naming an already-loaded older id again does not reload it.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from .metastore import MetadataStore, MetastoreError
 from .spd import LoadedSnapshot, SnapshotStore
 
-__all__ = ["NoSnapshotLoaded", "ServedPrediction", "SnapshotRefused", "SnapshotServer"]
+__all__ = ["LoaderPrediction", "NoSnapshotLoaded", "SnapshotLoader", "SnapshotRefused"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class SnapshotRefused(RuntimeError):
     """The snapshot failed to load (corrupt, missing, incompatible) and will not be retried."""
 
 
-class ServedPrediction(NamedTuple):
+class LoaderPrediction(NamedTuple):
     """The FM predictions for one batch and the id of the one snapshot that produced them."""
 
     snapshot_id: str
@@ -48,8 +49,8 @@ class _Active(NamedTuple):
     snapshot: LoadedSnapshot
 
 
-class SnapshotServer:
-    """Hot-swapping FM predictor over the snapshot the metadata store names.
+class SnapshotLoader:
+    """Keeps the snapshot the metadata store names loaded; swaps a new one in once it is loaded.
 
     ``load_fn(snapshot_id) -> LoadedSnapshot`` defaults to ``spd.load(snapshot_id, device)``
     (which verifies checksums); inject another to wrap, slow down or count loads.
@@ -92,19 +93,19 @@ class SnapshotServer:
         with self._changed:
             return dict(self._refused)
 
-    # ------------------------------------------------------------------ serving
-    def predict(self, batch: Mapping[str, Any]) -> ServedPrediction:
+    # ------------------------------------------------------------------ predicting
+    def predict(self, batch: Mapping[str, Any]) -> LoaderPrediction:
         """FM predictions for ``batch`` from the current snapshot, with that snapshot's id."""
         active = self._active  # one read: the whole answer comes from this snapshot
         if active is None:
             raise NoSnapshotLoaded(
                 f"no FM snapshot loaded yet (store {self.store!r}"
                 f"{', refused: ' + ', '.join(self._refused) if self._refused else ''}); "
-                f"start() the server and wait_for() a snapshot first")
-        return ServedPrediction(active.snapshot_id, active.snapshot.predict_batch(batch))
+                f"start() the loader and wait_for() a snapshot first")
+        return LoaderPrediction(active.snapshot_id, active.snapshot.predict_batch(batch))
 
     def wait_for(self, snapshot_id: str, timeout: float | None = None) -> bool:
-        """Block until ``snapshot_id`` serves (True) or ``timeout`` seconds pass (False).
+        """Block until ``snapshot_id`` is current (True) or ``timeout`` seconds pass (False).
 
         Raises :class:`SnapshotRefused` at once if that snapshot failed to load.
         """
@@ -117,10 +118,10 @@ class SnapshotServer:
 
     # ------------------------------------------------------------------ watching
     def poll_once(self) -> str | None:
-        """Read the store's current snapshot; load and swap it in if it is new to this server.
+        """Read the store's current snapshot; load and swap it in if it is new to this loader.
 
-        Returns the id serving afterwards. Store errors are logged (the old snapshot keeps
-        serving); a load failure refuses that snapshot for good.
+        Returns the current id afterwards. Store errors are logged (the old snapshot stays
+        current); a load failure refuses that snapshot for good.
         """
         with self._poll_lock:  # one load at a time, even if called beside the thread
             try:
@@ -135,13 +136,13 @@ class SnapshotServer:
             if snapshot_id in self._attempted:
                 return self.current_snapshot_id  # loaded before (or refused): never again
             self._attempted.add(snapshot_id)
-            logger.info("loader: loading snapshot %s (serving %s meanwhile)", snapshot_id, self.current_snapshot_id)
+            logger.info("loader: loading snapshot %s (%s stays current meanwhile)", snapshot_id, self.current_snapshot_id)
             try:
                 loaded = self._load_fn(snapshot_id)
                 if loaded.info.snapshot_id != snapshot_id:
                     raise ValueError(f"load_fn returned snapshot {loaded.info.snapshot_id}, expected {snapshot_id}")
             except Exception as e:
-                logger.error("loader: refusing snapshot %s, still serving %s: %s: %s", snapshot_id,
+                logger.error("loader: refusing snapshot %s, %s stays current: %s: %s", snapshot_id,
                              self.current_snapshot_id, type(e).__name__, e)
                 with self._changed:
                     self._refused[snapshot_id] = f"{type(e).__name__}: {e}"
@@ -151,18 +152,18 @@ class SnapshotServer:
                 previous = self.current_snapshot_id
                 self._active = _Active(snapshot_id, loaded)
                 self._changed.notify_all()
-            logger.info("loader: now serving snapshot %s (was %s)", snapshot_id, previous)
+            logger.info("loader: snapshot %s is current (was %s)", snapshot_id, previous)
             return snapshot_id
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except Exception:  # keep serving and watching whatever happens
+            except Exception:  # keep the current snapshot and keep watching whatever happens
                 logger.exception("loader: poll failed")
             self._stop.wait(self.poll_interval)
 
-    def start(self) -> "SnapshotServer":
+    def start(self) -> "SnapshotLoader":
         """Start the watching thread (idempotent)."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
@@ -181,7 +182,7 @@ class SnapshotServer:
             else:
                 self._thread = None
 
-    def __enter__(self) -> "SnapshotServer":
+    def __enter__(self) -> "SnapshotLoader":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

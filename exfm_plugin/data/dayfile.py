@@ -20,9 +20,9 @@ Layout (``SCHEMA_VERSION = 1``):
   task) and the attributes ``snapshot_id``, ``base_file``, ``base_dataset_id``,
   ``base_day``, ``fm_tasks``; every base column is an external link to the base file.
 
-Every write is atomic: a temporary file in the target directory, flushed and fsync'ed,
-then ``os.replace``; a reader never sees half a file and a failed write leaves an
-existing file untouched.
+Every write is atomic (:func:`exfm_plugin.fsutil.atomic_file`: a temporary sibling, fsync'ed,
+then renamed): a reader never sees half a file and a failed write leaves an existing file
+untouched.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import h5py
 import numpy as np
 
 from ..contracts import FM_PRED, fm_pred_column
-from ..fsutil import fsync_dir
+from ..fsutil import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -138,27 +137,11 @@ def _set_extra_attrs(f: h5py.File, attrs: Mapping[str, Any] | None, path: str) -
 
 @contextlib.contextmanager
 def _atomic_h5(path: str) -> Iterator[h5py.File]:
-    """Yield an h5py file that appears at ``path`` only when the block succeeds."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    """Yield an h5py file that appears at ``path`` only when the block succeeds (``atomic_file``)."""
+    with atomic_file(path) as tmp:
         with h5py.File(tmp, "w") as f:
             yield f
             f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    fsync_dir(directory)  # make the rename itself durable
 
 
 # --------------------------------------------------------------------------- writing

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from exfm_plugin.cli import main as exfm_main
-from exfm_plugin.das import augmenter
+from exfm_plugin.das import shared, worker
 from exfm_plugin.das.augmenter import AugmentError, AugmentJob, VMSpec, run_worker
 from exfm_plugin.das.metastore import open_metastore
 from exfm_plugin.das.spd import FeatureMapMismatch, SnapshotStore
@@ -32,7 +32,7 @@ from exfm_plugin.data.dayfile import DayFileError, read_day_attrs, read_day_colu
 from exfm_plugin.models import MODEL_REGISTRY
 from tiny_data import make_tiny_data, model_kwargs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 N_ROWS = 600
 A_ROWS = np.arange(0, 400)          # VM a: rows 0..399 in order
 B_ROWS = np.arange(250, 600)        # VM b: rows 250..599, written shuffled; 150 rows shared with a
@@ -259,8 +259,8 @@ def test_mismatched_feature_map_or_task_is_refused_before_any_work(world, tmp_pa
 # --------------------------------------------------------------------------- leases and failures
 def test_worker_whose_claim_expired_does_not_publish(world, store_url, tmp_path, monkeypatch):
     """A paused worker (its renewals stall) loses its claim to another; it must discard its output."""
-    monkeypatch.setattr(augmenter._LeaseKeeper, "_run", lambda self: None)  # renewals stall
-    monkeypatch.setenv(augmenter.SLOW_SHARD_ENV, "2.0")
+    monkeypatch.setattr(worker._LeaseKeeper, "_run", lambda self: None)  # renewals stall
+    monkeypatch.setenv(worker.SLOW_SHARD_ENV, "2.0")
     job = world.job(tmp_path / "out", shard_rows=1000)  # one shard
     lease = 1.0
     stolen = threading.Event()
@@ -336,7 +336,7 @@ def test_killed_worker_shard_is_redone_and_output_equals_single_worker(world, st
     """Two real `exfm das run` processes; the first to hold a claim is SIGKILLed mid-shard (each shard
     sleeps 1.5 s before publishing); the other must redo that shard after its lease expires."""
     out = tmp_path / "multi"
-    env = dict(os.environ, OMP_NUM_THREADS="1", **{augmenter.SLOW_SHARD_ENV: "1.5"})
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{worker.SLOW_SHARD_ENV: "1.5"})
     procs = {owner: subprocess.Popen(_worker_cmd(world, store_url, out, owner), cwd=REPO, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for owner in ("w0", "w1")}
@@ -447,8 +447,8 @@ def test_gather_reads_scattered_rows_in_bounded_slabs(tmp_path, monkeypatch):
     data = np.arange(50_000, dtype=np.int64).reshape(-1, 2) * 3  # 25_000 rows of 2
     with h5py.File(path, "w") as f:
         f["x"] = data
-    monkeypatch.setattr(augmenter, "_MAX_SPAN", 1000)
-    monkeypatch.setattr(augmenter, "_GAP_ROWS", 50)
+    monkeypatch.setattr(shared, "_MAX_SPAN", 1000)
+    monkeypatch.setattr(shared, "_GAP_ROWS", 50)
     idx = np.unique(np.random.default_rng(0).integers(0, 25_000, 3000))
     slabs = []
     with h5py.File(path, "r") as f:
@@ -461,6 +461,6 @@ def test_gather_reads_scattered_rows_in_bounded_slabs(tmp_path, monkeypatch):
                 slabs.append(key.stop - key.start)
                 return ds[key]
 
-        np.testing.assert_array_equal(augmenter._gather(Spy(), idx), data[idx])
-        np.testing.assert_array_equal(augmenter._gather(Spy(), np.arange(10, 20)), data[10:20])
+        np.testing.assert_array_equal(shared._gather(Spy(), idx), data[idx])
+        np.testing.assert_array_equal(shared._gather(Spy(), np.arange(10, 20)), data[10:20])
     assert max(slabs) <= 1000 and len(slabs) >= 25  # never the whole file at once

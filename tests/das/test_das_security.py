@@ -19,7 +19,7 @@ import torch
 
 from exfm_plugin.cli import main as exfm_main
 from exfm_plugin.das.metastore import MetastoreAccessDenied, open_metastore
-from exfm_plugin.das.serving import SnapshotRefused, SnapshotServer
+from exfm_plugin.das.loader import SnapshotRefused, SnapshotLoader
 from exfm_plugin.das.signing import SignatureError, SigningKeys
 from exfm_plugin.das.spd import SnapshotStore, SnapshotUnauthenticated
 from exfm_plugin.das.updater import Updater
@@ -351,8 +351,8 @@ def test_tampered_snapshot_keeps_the_previous_one_serving(tiny, models, tmp_path
         expected_a = spd.load(a).predict_batch(batch)["fm_pred"]
         updater = Updater(spd, store, owner="u1", lease_seconds=60, poll_interval=1)
         assert updater.poll_once() == a
-        with SnapshotServer(spd, store, poll_interval=0.05) as server:
-            assert server.wait_for(a, timeout=20)
+        with SnapshotLoader(spd, store, poll_interval=0.05) as loader:
+            assert loader.wait_for(a, timeout=20)
             b = _publish(spd, tiny, models, 1, "snap-b")
             _swap_weights_consistently(spd.get(b).path, models[0][0])
             # the updater never records it ...
@@ -362,8 +362,8 @@ def test_tampered_snapshot_keeps_the_previous_one_serving(tiny, models, tmp_path
             cur = store.get_current()
             assert store.compare_and_set_current(b, expected_version=cur.version, owner="evil", lease_seconds=60)
             with pytest.raises(SnapshotRefused, match="snap-b refused: signature does not verify"):
-                server.wait_for(b, timeout=20)
-            r = server.predict(batch)
+                loader.wait_for(b, timeout=20)
+            r = loader.predict(batch)
             assert r.snapshot_id == a
             np.testing.assert_array_equal(r.predictions["fm_pred"], expected_a)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from exfm_plugin.das import publish as publish_module
 from exfm_plugin.das import spd as spd_module
 from exfm_plugin.das.spd import (FeatureMapMismatch, SnapshotCorrupt, SnapshotExists, SnapshotNotFound,
                                  SnapshotStore)
@@ -148,7 +149,7 @@ def test_publish_rejects_params_that_cannot_rebuild_the_model(data, dcn, tmp_pat
 def test_failed_publish_leaves_nothing(data, dcn, tmp_path, monkeypatch):
     model, params = dcn
     store = SnapshotStore(tmp_path / "spd")
-    real_write_json = spd_module._write_json
+    real_write_json = publish_module.write_json
 
     def fail_on_manifest(path, obj):  # everything else written: fail at the very last file
         if os.path.basename(path) == "manifest.json":
@@ -157,12 +158,12 @@ def test_failed_publish_leaves_nothing(data, dcn, tmp_path, monkeypatch):
             raise OSError("disk full")
         real_write_json(path, obj)
 
-    monkeypatch.setattr(spd_module, "_write_json", fail_on_manifest)
+    monkeypatch.setattr(publish_module, "write_json", fail_on_manifest)
     with pytest.raises(OSError, match="disk full"):
         store.publish(model, model_params=params, feature_map_dir=data.feature_map.data_dir, snapshot_id="s1")
     assert store.list() == [] and os.listdir(store.root) == []
 
-    monkeypatch.setattr(spd_module, "_write_json", real_write_json)
+    monkeypatch.setattr(publish_module, "write_json", real_write_json)
 
     def fail_in_weights(obj, f, *args, **kwargs):
         f.write(b"PK\x03\x04 partial")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from exfm_plugin.das.metastore import LeaseLostError, open_metastore
-from exfm_plugin.das.serving import NoSnapshotLoaded, SnapshotRefused, SnapshotServer
+from exfm_plugin.das.loader import NoSnapshotLoaded, SnapshotRefused, SnapshotLoader
 from exfm_plugin.das.spd import SnapshotStore
 from exfm_plugin.das.updater import Updater
 from exfm_plugin.models import MODEL_REGISTRY
@@ -299,13 +299,13 @@ def test_updater_run_loop_in_a_thread(spd, store, data, models):
 # ----------------------------------------------------------------------------- loader
 
 def test_predict_before_any_snapshot_is_a_clear_error(spd, store, data):
-    server = SnapshotServer(spd, store, poll_interval=0.05)
+    loader = SnapshotLoader(spd, store, poll_interval=0.05)
     with pytest.raises(NoSnapshotLoaded, match="no FM snapshot loaded"):
-        server.predict(batch_of(data))
-    assert server.current_snapshot_id is None
-    with server:
-        assert server.current_snapshot_id is None  # the store names nothing yet
-        assert server.wait_for("nothing", timeout=0.1) is False
+        loader.predict(batch_of(data))
+    assert loader.current_snapshot_id is None
+    with loader:
+        assert loader.current_snapshot_id is None  # the store names nothing yet
+        assert loader.wait_for("nothing", timeout=0.1) is False
 
 
 def test_hot_swap_under_load(spd, store, data, models):
@@ -331,11 +331,11 @@ def test_hot_swap_under_load(spd, store, data, models):
     def client():
         while not stop.is_set():
             t0 = time.monotonic()
-            r = server.predict(batch)
+            r = loader.predict(batch)
             answers.append((t0, time.monotonic(), r.snapshot_id, r.predictions))
 
-    with SnapshotServer(spd, store, poll_interval=0.05, load_fn=slow_load) as server:
-        assert server.wait_for(a, timeout=20)
+    with SnapshotLoader(spd, store, poll_interval=0.05, load_fn=slow_load) as loader:
+        assert loader.wait_for(a, timeout=20)
         thread = threading.Thread(target=client)
         thread.start()
         try:
@@ -344,13 +344,13 @@ def test_hot_swap_under_load(spd, store, data, models):
             expected[b] = spd.load(b).predict_batch(batch)
             assert not np.allclose(expected[a]["fm_pred"], expected[b]["fm_pred"])
             assert updater.poll_once() == b
-            assert server.wait_for(b, timeout=20)
+            assert loader.wait_for(b, timeout=20)
             swapped = time.monotonic()
             time.sleep(0.4)  # several more polls: nothing is loaded again
         finally:
             stop.set()
             thread.join(10)
-        assert server.current_snapshot_id == b
+        assert loader.current_snapshot_id == b
 
     assert loads == {a: 1, b: 1}
     for _, _, sid, preds in answers:  # every answer wholly from the snapshot it names
@@ -377,24 +377,24 @@ def test_corrupt_new_snapshot_keeps_old_serving(spd, store, data, models, caplog
         loads[sid] += 1
         return spd.load(sid)
 
-    with SnapshotServer(spd, store, poll_interval=0.05, load_fn=counting_load) as server:
-        assert server.wait_for(a, timeout=20)
+    with SnapshotLoader(spd, store, poll_interval=0.05, load_fn=counting_load) as loader:
+        assert loader.wait_for(a, timeout=20)
         c = publish(spd, data, models, 1)
         corrupt(spd, c)  # e.g. the bytes rotted after an updater recorded it
-        with caplog.at_level(logging.ERROR, logger="exfm_plugin.das.serving"):
+        with caplog.at_level(logging.ERROR, logger="exfm_plugin.das.loader"):
             set_current(store, c)
             with pytest.raises(SnapshotRefused, match="weights.pt"):
-                server.wait_for(c, timeout=20)
+                loader.wait_for(c, timeout=20)
         time.sleep(0.3)
-        assert server.current_snapshot_id == a
-        r = server.predict(batch)
+        assert loader.current_snapshot_id == a
+        r = loader.predict(batch)
         assert r.snapshot_id == a
         np.testing.assert_array_equal(r.predictions["fm_pred"], expected_a["fm_pred"])
-        assert loads[c] == 1 and c in server.refused
+        assert loads[c] == 1 and c in loader.refused
         assert any(c in rec.getMessage() and "refusing" in rec.getMessage() for rec in caplog.records)
 
         d = publish(spd, data, models, 1)  # a good snapshot after the bad one is served
         set_current(store, d)
-        assert server.wait_for(d, timeout=20)
-        assert server.predict(batch).snapshot_id == d
+        assert loader.wait_for(d, timeout=20)
+        assert loader.predict(batch).snapshot_id == d
     assert loads == {a: 1, c: 1, d: 1}

@@ -308,5 +308,5 @@ def test_bad_arguments(tmp_path):
 def test_cli(tmp_path):
     out = tmp_path / "cli"
     subprocess.run([sys.executable, "-m", "data_prep.synthetic", "taobaoad", str(out), "--size", "3000"],
-                   check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                   check=True, capture_output=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert sorted(os.listdir(out)) == ["ad_feature.csv", "behavior_log.csv", "raw_sample.csv", "user_profile.csv"]
