@@ -58,3 +58,48 @@ def taobao_batches(num_batches: int, batch_size: int, seed: int = 0,
             batch["fm_pred"] = torch.from_numpy(rng.beta(1, 19, batch_size).astype(np.float32))
         batches.append(batch)
     return batches
+
+
+def interleaved_seconds(step_fns: dict, steps: int, warmup: int = 2,
+                        cpu: dict | None = None) -> dict[str, float]:
+    """Median seconds per call of each function, calls interleaved one by one (first caller
+    alternating) so that load changes on a shared machine hit every variant alike. The first
+    ``warmup`` rounds (allocation of optimizer state, caches) are not timed. When ``cpu`` is a
+    dict it receives the median CPU seconds (all threads of this process) per call: on a
+    machine shared with other jobs, CPU time is far less disturbed than wall time."""
+    import statistics
+    import time
+
+    times = {name: [] for name in step_fns}
+    cpu_times = {name: [] for name in step_fns}
+    names = list(step_fns)
+    for i in range(warmup + steps):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step_fns[name](i)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+                cpu_times[name].append(time.process_time() - start_cpu)
+    if cpu is not None:
+        cpu.update({name: statistics.median(t) for name, t in cpu_times.items()})
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+BARS_DATA_KEYS = ("data_root", "data_format", "train_data", "valid_data", "test_data", "feature_cols",
+                  "label_col", "min_categr_count", "model_root", "dataset_id", "feature_specs", "group_id",
+                  "metrics", "verbose", "epochs", "shuffle", "seed", "monitor", "monitor_mode")
+
+
+def bars_model_params(model: str, dataset: str = "taobaoad_x1", **overrides) -> dict:
+    """The BARS hyperparameters of ``model`` on ``dataset`` (yaml_configs/models), without the
+    data-loading keys, plus ``overrides``."""
+    from exfm_plugin.config import load_experiment
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    params = load_experiment(f"{model}_{dataset}", model_dir=os.path.join(repo, "yaml_configs", "models"),
+                             dataset_dir=os.path.join(repo, "yaml_configs", "datasets"))
+    for key in BARS_DATA_KEYS:
+        params.pop(key, None)
+    params.update(verbose=0, metrics=["AUC"])
+    params.update(overrides)
+    return params

@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import taobao_batches, taobao_feature_map  # noqa: E402
+from shapes import interleaved_seconds, taobao_batches, taobao_feature_map  # noqa: E402
 
 from exfm_plugin.distill import DistillConfig, ExFMStudent, export_serving_model  # noqa: E402
 from exfm_plugin.models import MODEL_REGISTRY  # noqa: E402
@@ -34,19 +34,6 @@ def make_student(name, fmap, root, method, seed=0):
                               verbose=0, model_root=root, metrics=["AUC"], learning_rate=1e-3,
                               embedding_dim=32, **MODEL_ARGS[name])
     return ExFMStudent(vm, DistillConfig(method=method))
-
-
-def interleaved_seconds(step_fns: dict, steps: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved one by one (first caller
-    alternating) so that load changes on a shared machine hit every variant alike."""
-    times = {name: [] for name in step_fns}
-    names = list(step_fns)
-    for i in range(steps):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            step_fns[name](i)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> None:

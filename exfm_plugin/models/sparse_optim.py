@@ -16,9 +16,11 @@ touched rows, so when every row is touched at every step the two are the same op
 from __future__ import annotations
 
 import math
+import types
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from torch import nn
 
@@ -37,11 +39,132 @@ def feature_embedding_tables(model: nn.Module) -> list[nn.Embedding]:
     return list(tables.values())
 
 
-def enable_sparse_embeddings(model: nn.Module) -> list[nn.Embedding]:
-    """Make every feature embedding table of ``model`` produce row-sparse gradients."""
+def distinct_rows(ids: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, inverse)``: the sorted distinct ids of a flat id tensor and each id's position
+    in ``rows`` (``torch.unique``'s answer). A table small next to the lookup count (a
+    history's table) is answered with a presence mask and a cumulative sum, O(table + lookups),
+    instead of sorting the lookups."""
+    if num_rows <= 4 * ids.numel():
+        present = torch.zeros(num_rows, dtype=torch.bool, device=ids.device).index_fill_(0, ids, True)
+        rows = present.nonzero().squeeze(1)
+        position = torch.cumsum(present, 0) - 1
+        return rows, position.index_select(0, ids)
+    return torch.unique(ids, sorted=True, return_inverse=True)
+
+
+def union_rows(row_sets: list[torch.Tensor], num_rows: int) -> torch.Tensor:
+    """The sorted union of sorted distinct id tensors (a table looked up by several features)."""
+    if len(row_sets) == 1:
+        return row_sets[0]
+    ids = torch.cat(row_sets)
+    if num_rows <= 4 * ids.numel():
+        present = torch.zeros(num_rows, dtype=torch.bool, device=ids.device).index_fill_(0, ids, True)
+        return present.nonzero().squeeze(1)
+    return torch.unique(ids, sorted=True)
+
+
+def lookup_rows(table: nn.Embedding, rows: torch.Tensor) -> torch.Tensor:
+    """``table.weight[rows]`` for sorted distinct ``rows``, with a coalesced row-sparse gradient."""
+    inverse = torch.arange(rows.numel(), device=rows.device)
+    return _RowSparseLookup.apply(table.weight, rows, rows, inverse, table.padding_idx)
+
+
+class _RowSparseLookup(torch.autograd.Function):
+    """``weight[ids]`` whose gradient is row-sparse and already coalesced: one row per
+    distinct id (the padding row left out), summed with ``index_add_`` into a compact buffer
+    instead of the per-position rows that ``nn.Embedding(sparse=True)`` emits and the optimizer
+    would then have to sort."""
+
+    @staticmethod
+    def forward(ctx, weight, ids, rows, inverse, padding_idx):
+        ctx.save_for_backward(rows, inverse)
+        ctx.weight_shape = weight.shape
+        ctx.padding_idx = padding_idx
+        return weight.index_select(0, ids)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, inverse = ctx.saved_tensors
+        values = grad_out.new_zeros(rows.numel(), grad_out.size(-1)).index_add_(0, inverse, grad_out)
+        if ctx.padding_idx is not None:
+            keep = rows != ctx.padding_idx
+            rows, values = rows[keep], values[keep]
+        grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.weight_shape, is_coalesced=True,
+                                       check_invariants=False)
+        return grad, None, None, None, None
+
+
+class _RowSparseBagSum(torch.autograd.Function):
+    """``sum_j weight[ids[b, j]]`` over each row's non-padding positions (``embedding_bag``),
+    with the same coalesced row-sparse gradient as :class:`_RowSparseLookup`; padding
+    positions cost nothing in either direction."""
+
+    @staticmethod
+    def forward(ctx, weight, ids, rows, inverse, padding_idx):
+        ctx.save_for_backward(ids, rows, inverse)
+        ctx.weight_shape = weight.shape
+        ctx.padding_idx = padding_idx
+        return F.embedding_bag(ids, weight, mode="sum", padding_idx=padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ids, rows, inverse = ctx.saved_tensors
+        flat = ids.reshape(-1)
+        positions = (flat != ctx.padding_idx).nonzero().squeeze(1) if ctx.padding_idx is not None \
+            else torch.arange(flat.numel(), device=flat.device)
+        per_position = grad_out.index_select(0, torch.div(positions, ids.size(1), rounding_mode="floor"))
+        values = grad_out.new_zeros(rows.numel(), grad_out.size(-1)).index_add_(
+            0, inverse.index_select(0, positions), per_position)
+        if ctx.padding_idx is not None:
+            keep = rows != ctx.padding_idx
+            rows, values = rows[keep], values[keep]
+        grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.weight_shape, is_coalesced=True,
+                                       check_invariants=False)
+        return grad, None, None, None, None
+
+
+def _note_rows(table: nn.Embedding, rows: torch.Tensor) -> None:
+    if table.record_rows:
+        table.touched_rows.append(rows if table.padding_idx is None else rows[rows != table.padding_idx])
+
+
+def bag_sum(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L) ids -> (B, D): the sum of each row's embeddings over its non-padding positions,
+    without materialising the (B, L, D) lookup; row-sparse gradient when the table is."""
+    if getattr(table, "sparse", False) and torch.is_grad_enabled() and hasattr(table, "touched_rows"):
+        rows, inverse = distinct_rows(ids.reshape(-1), table.num_embeddings)
+        _note_rows(table, rows)
+        return _RowSparseBagSum.apply(table.weight, ids, rows, inverse, table.padding_idx)
+    return F.embedding_bag(ids, table.weight, mode="sum", padding_idx=table.padding_idx)
+
+
+def row_sparse_forward(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """The lookup of a row-sparse table: the same output as ``nn.Embedding``; in training its
+    gradient holds one row per distinct id of the batch (see :class:`_RowSparseLookup`), and
+    those rows are kept in ``table.touched_rows`` (when ``table.record_rows``) for the
+    regulariser of the touched rows."""
+    if not torch.is_grad_enabled():
+        return F.embedding(ids, table.weight, table.padding_idx)
+    flat = ids.reshape(-1)
+    rows, inverse = distinct_rows(flat, table.num_embeddings)
+    _note_rows(table, rows)
+    out = _RowSparseLookup.apply(table.weight, flat, rows, inverse, table.padding_idx)
+    return out.view(*ids.shape, table.embedding_dim)
+
+
+def enable_sparse_embeddings(model: nn.Module, record_rows: bool = False) -> list[nn.Embedding]:
+    """Make every feature embedding table of ``model`` produce row-sparse gradients;
+    ``record_rows`` keeps each training lookup's distinct ids (for the regulariser)."""
     tables = feature_embedding_tables(model)
     for table in tables:
+        if table.max_norm is not None or table.scale_grad_by_freq:
+            raise ValueError(f"embedding_update='sparse' does not support max_norm / scale_grad_by_freq "
+                             f"(table {table})")
         table.sparse = True
+        table.touched_rows = []
+        table.record_rows = record_rows
+        # an instance attribute: fuxictr's `type(v) == nn.Embedding` checks (init_weights) still hold
+        table.forward = types.MethodType(row_sparse_forward, table)
     return tables
 
 

@@ -22,12 +22,12 @@ import weakref
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from fuxictr.pytorch.torch_utils import get_regularizer
 from torch import nn
 
-from .sparse_optim import EMBEDDING_UPDATES, build_optimizer, clip_grad_norm_, enable_sparse_embeddings
+from .sparse_optim import (EMBEDDING_UPDATES, build_optimizer, clip_grad_norm_, enable_sparse_embeddings,
+                           lookup_rows, union_rows)
 
 PRECISIONS = ("fp32", "bf16")
 TRAINING_OPTIONS = ("embedding_update", "precision", "torch_compile")
@@ -79,7 +79,6 @@ class TrainingOptionsMixin:
         self.precision = precision
         self.torch_compile = torch_compile
         self._sparse_tables: list[nn.Embedding] = []
-        self._touched: dict[int, list[torch.Tensor]] = {}
 
     # ---- optimizer ----------------------------------------------------------------------
     def compile(self, optimizer, loss, lr):
@@ -87,14 +86,8 @@ class TrainingOptionsMixin:
         optimizer is :class:`LazyAdam`. Call it once every layer exists (as fuxictr models do)."""
         super().compile(optimizer, loss, lr)
         if self.embedding_update == "sparse":
-            self._sparse_tables = enable_sparse_embeddings(self)
-            if self._embedding_regularizer and not getattr(self, "_row_hooks", None):
-                self._row_hooks = [t.register_forward_pre_hook(self._record_rows) for t in self._sparse_tables]
+            self._sparse_tables = enable_sparse_embeddings(self, record_rows=bool(self._embedding_regularizer))
             self.optimizer = build_optimizer(optimizer, self.parameters(), lr, "sparse")
-
-    def _record_rows(self, table: nn.Embedding, args) -> None:
-        if torch.is_grad_enabled():  # a training forward: its rows are the ones to regularise
-            self._touched.setdefault(id(table), []).append(args[0])
 
     # ---- regularisation -----------------------------------------------------------------
     def regularization_loss(self):
@@ -102,7 +95,9 @@ class TrainingOptionsMixin:
         batch touched (each once) instead of the whole table, so its gradient stays row-sparse."""
         if self.embedding_update != "sparse":
             return super().regularization_loss()
-        touched, self._touched = self._touched, {}
+        touched = {}
+        for table in self._sparse_tables:  # the distinct ids of this step's lookups (row_sparse_forward)
+            touched[id(table)], table.touched_rows = table.touched_rows, []
         reg_term = 0
         if not (self._embedding_regularizer or self._net_regularizer):
             return reg_term
@@ -123,8 +118,7 @@ class TrainingOptionsMixin:
                     ids = touched.get(id(table))
                     if not ids:
                         continue  # no row of this table was looked up in the batch
-                    rows = torch.cat([i.reshape(-1) for i in ids]).unique()
-                    values = F.embedding(rows, param, padding_idx=table.padding_idx, sparse=True)
+                    values = lookup_rows(table, union_rows(ids, table.num_embeddings))
                 for emb_p, emb_lambda in emb_reg:
                     reg_term += (emb_lambda / emb_p) * torch.norm(values, emb_p) ** emb_p
         for name, param in self.named_parameters():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fuxictr.features import FeatureMap
+import torch.nn.functional as F
 from torch import nn
 
 from exfm_plugin.distill import DistillConfig, ExFMStudent
@@ -316,3 +317,26 @@ def test_student_keeps_untouched_rows_of_a_sparse_vm(fmap, tmp_path):
     student.train_step(partial_batch(1))
     untouched = torch.arange(VOCAB["item_id"] // 2 + 1, VOCAB["item_id"])
     assert torch.equal(table.weight[untouched], before[untouched])
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_pooled_sequence_fields_equal_the_masked_mean_of_the_lookup(mode, fmap, tmp_path):
+    """field_embeddings pools a history with embedding_bag; the value and the gradient equal
+    the masked mean of fuxictr's (B, L, D) lookup."""
+    from exfm_plugin.models.embedding import field_embeddings, masked_sequence_mean
+
+    model = with_random_embeddings(build("FM", fmap, tmp_path, mode))
+    model.train()
+    batch = full_cover_batch(4)
+    batch["cate_his"][0] = 0  # an empty history pools to 0
+    X = model.get_inputs(batch)
+    fused = field_embeddings(model.embedding_layer, X)
+    table = model.embedding_layer.embedding_layers["cate_id"]
+    reference = masked_sequence_mean(F.embedding(X["cate_his"], table.weight), X["cate_his"], 0)
+    his_field = list(fmap.features).index("cate_his")
+    torch.testing.assert_close(fused[:, his_field], reference, rtol=1e-6, atol=1e-7)
+    assert torch.equal(fused[0, his_field], torch.zeros(8))
+    (grad_fused,) = torch.autograd.grad(fused[:, his_field].pow(2).sum(), table.weight)
+    (grad_ref,) = torch.autograd.grad(reference.pow(2).sum(), table.weight)
+    grad_fused = grad_fused.to_dense() if grad_fused.is_sparse else grad_fused
+    torch.testing.assert_close(grad_fused, grad_ref, rtol=1e-5, atol=1e-8)
