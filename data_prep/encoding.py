@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from collections import OrderedDict
 from pathlib import Path
@@ -45,6 +44,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import h5py
 import numpy as np
 import polars as pl
+
+from exfm_plugin.fsutil import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -294,10 +295,8 @@ class FeatureEncoder:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fd:
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fd:
         json.dump(obj, fd, separators=(",", ":"))  # compact: the vocab of 1M user ids is large
-    os.replace(tmp, path)
 
 
 def vocab_days(policy: str | Iterable[int] | None) -> tuple[int, ...]:

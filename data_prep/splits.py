@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import date, timedelta, timezone
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Mapping
 
 import numpy as np
 import polars as pl
+
+from exfm_plugin.fsutil import atomic_file
 
 from .readers.common import ReadResult
 
@@ -186,11 +187,9 @@ def domain_info(frame: pl.DataFrame, n_domains: int = 3, column: str = DOMAIN_CO
 
 
 def save_domain_mapping(path: str | Path, info: Mapping) -> None:
-    """Write domains.json (atomic: temp file then rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
+    """Write domains.json (atomic: ``exfm_plugin.fsutil.atomic_file``)."""
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps(info, indent=2))
 
 
 def load_domain_mapping(path: str | Path) -> dict[str, int]:

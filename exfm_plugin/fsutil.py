@@ -24,24 +24,12 @@ import contextlib
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 
 __all__ = ["TEMP_SUFFIX", "atomic_dir", "atomic_file", "fsync_dir", "fsync_file", "fsync_tree", "is_temp_name"]
 
 #: every temp name ends with this (and starts with ``.``)
 TEMP_SUFFIX = ".tmp"
-
-
-def fsync_dir(directory: str | os.PathLike) -> None:
-    """fsync a directory so a rename into it survives a crash; best effort where the file
-    system does not support it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -51,6 +39,13 @@ def fsync_file(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a directory so a rename into it survives a crash; best effort where the file
+    system does not support it."""
+    with contextlib.suppress(OSError):
+        fsync_file(directory)
 
 
 def fsync_tree(root: str | os.PathLike) -> None:
@@ -68,13 +63,17 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
-def _make_temp_dir(parent: str, prefix: str) -> str:
-    """A new empty directory ``<parent>/<prefix><random>.tmp`` with the umask's permissions (as
-    ``os.makedirs`` gives; ``tempfile.mkdtemp`` would make it private to this user)."""
+def _make_temp(parent: str, prefix: str, *, directory: bool) -> str:
+    """A new empty file or directory ``<parent>/<prefix><random>.tmp``, with the permissions the
+    umask gives (as ``open``/``os.makedirs`` do; ``tempfile`` would make it private to this user,
+    and other DAS hosts or users read these files)."""
     while True:
         path = os.path.join(parent, f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}")
         try:
-            os.mkdir(path)
+            if directory:
+                os.mkdir(path)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return path
         except FileExistsError:
             continue
@@ -93,16 +92,12 @@ def _parent_and_prefix(path: str | os.PathLike) -> tuple[str, str, str]:
 def atomic_file(path: str | os.PathLike, *, exclusive: bool = False) -> Iterator[str]:
     """Yield the path of an empty temp file; on success it becomes ``path`` (fsync'ed, renamed).
 
-    The temp is made by ``tempfile.mkstemp``, so the file ends up readable by its owner only
-    (as every writer here made it before this helper existed).
-
     ``exclusive``: create ``path`` only if it does not exist yet (a hard link, so the check and
     the create are one atomic step); if it exists, the temp is removed and
     :class:`FileExistsError` is raised, naming the path. Otherwise an existing file is replaced.
     """
     target, parent, prefix = _parent_and_prefix(path)
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=parent)
-    os.close(fd)
+    tmp = _make_temp(parent, prefix, directory=False)
     try:
         yield tmp
         fsync_file(tmp)
@@ -134,13 +129,13 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[st
     target, parent, prefix = _parent_and_prefix(path)
     if not replace and os.path.lexists(target):
         raise FileExistsError(f"{target} already exists; not replaced")
-    tmp = _make_temp_dir(parent, prefix)
+    tmp = _make_temp(parent, prefix, directory=True)
     old: str | None = None
     try:
         yield tmp
         fsync_tree(tmp)
         if replace and os.path.lexists(target):
-            old = _make_temp_dir(parent, f"{prefix}old.")
+            old = _make_temp(parent, f"{prefix}old.", directory=True)
             os.replace(target, old)  # onto the empty placeholder: atomic
         try:
             os.rename(tmp, target)  # a non-empty directory there makes this fail: never overwrites

@@ -41,6 +41,21 @@ def model_kwargs(tmp_path, **overrides) -> dict:
     return kw
 
 
+def random_dcn(feature_map: FeatureMap, root, seed: int) -> tuple[torch.nn.Module, dict]:
+    """A tiny DCN in eval mode with N(0, 0.3) weights, and the params that rebuild it: two seeds
+    give clearly different predictions (fuxictr's tiny default init makes every one ~0.5)."""
+    from exfm_plugin.models import MODEL_REGISTRY
+
+    torch.manual_seed(seed)
+    params = dict(model_kwargs(root, dnn_hidden_units=[8], num_cross_layers=1), model="DCN")
+    model = MODEL_REGISTRY["DCN"](feature_map, **params)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.3)
+    model.eval()
+    return model, params
+
+
 def make_tiny_data(data_dir: str, num_rows: int = 2048, seed: int = 0,
                    multitask: bool = False) -> TinyData:
     """Categorical user/item/cate, a numeric price, a cate history sequence that shares

@@ -14,7 +14,9 @@ the environment only, never from the command line.
 
 ``--metastore`` defaults to ``sqlite:///<snapshots>/das.db``. Start ``exfm das run`` on as many
 machines or processes as you like with the same arguments: they share the work through the
-metadata store, and any of them may be killed.
+metadata store, and any of them may be killed. With ``--poll`` a task keeps running as the paper's
+DAS task does: its updater records each new snapshot, its loader (:mod:`.loader`) loads the one
+the store names (each once; one that fails to load is refused) and the day is augmented with it.
 """
 from __future__ import annotations
 

@@ -25,8 +25,7 @@ from exfm_plugin.das.spd import SnapshotStore, SnapshotUnauthenticated
 from exfm_plugin.das.updater import Updater
 from exfm_plugin.das.zk_auth import ZkAuthError, load_zk_auth, parse_zk_auth
 from exfm_plugin.data.dayfile import write_day_file
-from exfm_plugin.models import MODEL_REGISTRY
-from tiny_data import make_tiny_data, model_kwargs
+from tiny_data import make_tiny_data, random_dcn
 from zk_support import require_zk, unique_chroot
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -269,17 +268,7 @@ def tiny(tmp_path_factory):
 def models(tiny, tmp_path_factory):
     """Two tiny DCNs with clearly different predictions, and their params."""
     root = tmp_path_factory.mktemp("models")
-    out = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        params = dict(model_kwargs(root, dnn_hidden_units=[8], num_cross_layers=1), model="DCN")
-        model = MODEL_REGISTRY["DCN"](tiny.feature_map, **params)
-        for p in model.parameters():
-            if p.requires_grad:
-                torch.nn.init.normal_(p, std=0.3)
-        model.eval()
-        out.append((model, params))
-    return out
+    return [random_dcn(tiny.feature_map, root, seed) for seed in (0, 1)]
 
 
 def _key_file(path, *keys) -> str:

@@ -20,10 +20,8 @@ from exfm_plugin.das.metastore import LeaseLostError, open_metastore
 from exfm_plugin.das.loader import NoSnapshotLoaded, SnapshotRefused, SnapshotLoader
 from exfm_plugin.das.spd import SnapshotStore
 from exfm_plugin.das.updater import Updater
-from exfm_plugin.models import MODEL_REGISTRY
-from tiny_data import make_tiny_data, model_kwargs
+from tiny_data import make_tiny_data, random_dcn
 
-DCN_KW = dict(dnn_hidden_units=[8], num_cross_layers=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,17 +74,7 @@ def data(tmp_path_factory):
 def models(data, tmp_path_factory):
     """Two differently initialised tiny DCNs, and the params that rebuild them."""
     root = tmp_path_factory.mktemp("models")
-    out = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        params = dict(model_kwargs(root, **DCN_KW), model="DCN")
-        model = MODEL_REGISTRY["DCN"](data.feature_map, **params)
-        for p in model.parameters():  # fuxictr's tiny default init makes every prediction ~0.5
-            if p.requires_grad:
-                torch.nn.init.normal_(p, std=0.3)
-        model.eval()
-        out.append((model, params))
-    return out
+    return [random_dcn(data.feature_map, root, seed) for seed in (0, 1)]
 
 
 @pytest.fixture
