@@ -59,7 +59,12 @@ BARS configs use). Point by point:
 Speed: every per-head module above is stored as one grouped tensor (heads first) and applied
 with batched matmuls; attention uses ``F.scaled_dot_product_attention``. The first attention-MLP
 layer is split algebraically, ``[t, z, t-z, t*z] W = t (W1 + W3) + z (W2 - W3) + (t*z) W4``, so
-the per-position work is over 2d inputs instead of 4d (same function, same parameters).
+the per-position work is over 2d inputs instead of 4d (same function, same parameters). On CPU,
+when the attention MLP keeps no batch statistics (no Dice), the extractor's per-position layers
+run only where their output can reach the result -- valid positions, and every position of an
+all-padding row -- since every other position gets softmax weight exactly 0 (exp(-1e9) == 0):
+the same output, about half the work at BARS-like fill. With Dice every position is computed,
+as the reference's batch statistics need them (on CUDA always, to avoid a host sync).
 """
 from __future__ import annotations
 
@@ -164,6 +169,38 @@ class BehaviorRefiner(nn.Module):
 
 
 # --------------------------------------------------------------------------- grouped (per head) layers
+class _DiceFunction(torch.autograd.Function):
+    """Dice on (H, N, U) with given statistics, its backward written out: the same function and
+    gradient as autograd through BatchNorm + sigmoid gate, in about half the memory passes
+    (Dice over every (head, position) is the largest elementwise cost of BARS' Amazon DMIN)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, mean, rstd, batch_stats: bool):
+        shift = -mean * rstd
+        p = torch.addcmul(shift, x, rstd).sigmoid_()
+        gate = torch.addcmul(alpha, p, 1 - alpha)
+        ctx.save_for_backward(x, alpha, p, shift, rstd)
+        ctx.batch_stats = batch_stats
+        return gate.mul_(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha, p, shift, rstd = ctx.saved_tensors
+        c = 1 - alpha
+        u = grad * x
+        u.mul_(1 - p)
+        grad_alpha = u.sum(dim=1, keepdim=True)
+        u.mul_(p)  # d loss / d xhat, divided by (1 - alpha)
+        dx = torch.addcmul(alpha, p, c).mul_(grad)  # through the gate's x factor
+        if ctx.batch_stats:  # BatchNorm backward: the statistics depend on x
+            xhat = torch.addcmul(shift, x, rstd)
+            m1 = u.mean(dim=1, keepdim=True)
+            m2 = (u * xhat).mean(dim=1, keepdim=True)
+            u.sub_(xhat.mul_(m2)).sub_(m1)
+        dx.addcmul_(u, rstd * c)
+        return dx, grad_alpha, None, None, None
+
+
 class GroupedDice(nn.Module):
     """fuxictr's Dice for each head at once: input (H, N, U), batch statistics over N per
     (head, unit), exactly ``BatchNorm1d(U, affine=False, eps=1e-9, momentum=0.01)`` per head."""
@@ -177,15 +214,16 @@ class GroupedDice(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-            n = x.shape[1]
             with torch.no_grad():
+                var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+                n = x.shape[1]
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var * (n / max(n - 1, 1)), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-        p = torch.sigmoid((x - mean) * torch.rsqrt(var + self.eps))
-        return x * (p + self.alpha * (1 - p))
+        rstd = torch.rsqrt(var + self.eps)
+        return _DiceFunction.apply(x, self.alpha.to(x.dtype), mean.to(x.dtype), rstd.to(x.dtype),
+                                   self.training)
 
 
 class GroupedPReLU(nn.Module):
@@ -292,6 +330,7 @@ class MultiInterestExtractor(nn.Module):
             self.b_proj = nn.Parameter(torch.zeros(H, 1, d))
         self.attn_mlp = GroupedMLP(H, 4 * d, attention_hidden_units, attention_activation, 1,
                                    attention_dropout)
+        self.pack_positions: bool | None = None  # None: decide per device (packs_positions)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -309,19 +348,21 @@ class MultiInterestExtractor(nn.Module):
             _xavier_normal_(self.W_proj, self.W_proj.shape[1], d)
             nn.init.zeros_(self.b_proj)
 
-    def head_outputs(self, seq: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """Self-attention, per-head output projection, residual, LayerNorm and FFN: (H, B*L, d)."""
-        B, L, d = seq.shape
-        H, hd = self.num_heads, self.head_dim
-        q, k, v = self.W_qkv(seq).chunk(3, dim=-1)
-        q, k, v = (t.view(B, L, H, hd).transpose(1, 2) for t in (q, k, v))
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed[:, None],
-            dropout_p=self.attention_dropout if self.training else 0.0)  # (B, H, L, hd)
-        s = torch.bmm(attn.permute(1, 0, 2, 3).reshape(H, B * L, hd), self.W_o)
+    def packs_positions(self, device: torch.device) -> bool:
+        """Whether to run the per-position layers on the needed positions only (module
+        docstring): on CPU, when no attention-MLP layer keeps batch statistics (Dice)."""
+        if self.pack_positions is not None:
+            return self.pack_positions
+        return device.type == "cpu" and not any(isinstance(a, GroupedDice) for a in self.attn_mlp.activations)
+
+    def head_outputs(self, attn: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """Per-head output projection, residual, LayerNorm and FFN of (H, M, head_dim)
+        attention outputs at M positions whose inputs are ``seq`` (M, d): (H, M, d)."""
+        d = seq.shape[-1]
+        s = torch.bmm(attn, self.W_o)
         if self.net_dropout is not None:
             s = self.net_dropout(s)
-        s = s + seq.reshape(1, B * L, d)
+        s = s + seq.unsqueeze(0)
         if self.ln_weight is not None:
             s = torch.addcmul(self.ln_bias, F.layer_norm(s, (d,)), self.ln_weight)
         hidden = F.relu(torch.baddbmm(self.ffn_b1, s, self.ffn_w1))
@@ -330,8 +371,24 @@ class MultiInterestExtractor(nn.Module):
     def forward(self, seq: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
         B, L, d = seq.shape
-        H = self.num_heads
-        z = self.head_outputs(seq, allowed).view(H, B, L, d)
+        H, hd = self.num_heads, self.head_dim
+        q, k, v = self.W_qkv(seq).chunk(3, dim=-1)
+        q, k, v = (t.view(B, L, H, hd).transpose(1, 2) for t in (q, k, v))
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed[:, None],
+            dropout_p=self.attention_dropout if self.training else 0.0)  # (B, H, L, hd)
+        attn = attn.permute(1, 0, 2, 3).reshape(H, B * L, hd)
+        flat_seq = seq.reshape(B * L, d)
+        if self.packs_positions(seq.device):
+            # positions whose z can reach the output: the valid ones, and every position of an
+            # all-padding row (its interest is the uniform mean of its z)
+            need = valid | ~valid.any(dim=1, keepdim=True)
+            idx = need.reshape(-1).nonzero().squeeze(1)
+            rows, pos = idx // L, idx % L
+            attn, flat_seq = attn.index_select(1, idx), flat_seq.index_select(0, idx)
+        else:
+            idx = None
+        z = self.head_outputs(attn, flat_seq)  # (H, M, d)
         # t = the (projected) target per head and position, kept as a per-(head, row) part plus
         # a per-(head, position) part: t[h, b, l] = t_row[h, b] + t_pos[h, l]
         if self.use_pos_emb:
@@ -340,20 +397,35 @@ class MultiInterestExtractor(nn.Module):
             t_row = torch.baddbmm(self.b_proj, target.unsqueeze(0).expand(H, B, d), self.W_proj[:, :d])
             t_pos = torch.bmm(self.pos_emb[:, :L], self.W_proj[:, d:])  # (H, L, d)
         else:
-            t_row = target.unsqueeze(0).expand(H, B, d)
-            t_pos = None
-        W1 = self.attn_mlp.weights[0]  # (H, 4d, U) for [t, z, t - z, t * z]
-        W_t, W_z, W_diff, W_prod = W1.split(d, dim=1)
+            t_row, t_pos = target.unsqueeze(0).expand(H, B, d), None
+        W_t, W_z, W_diff, W_prod = self.attn_mlp.weights[0].split(d, dim=1)  # [t, z, t - z, t * z]
         W_t = W_t + W_diff
-        t_full = t_row.unsqueeze(2) if t_pos is None else t_row.unsqueeze(2) + t_pos.unsqueeze(1)
-        zz = torch.cat([z, z * t_full], dim=-1).view(H, B * L, 2 * d)
-        pre = torch.bmm(zz, torch.cat([W_z - W_diff, W_prod], dim=1)).view(H, B, L, -1)
-        pre = pre + (torch.baddbmm(self.attn_mlp.biases[0], t_row, W_t).unsqueeze(2))
-        if t_pos is not None:
-            pre = pre + torch.bmm(t_pos, W_t).unsqueeze(1)
-        scores = self.attn_mlp(None, first_pre=pre.view(H, B * L, -1)).view(H, B, L)
+        row_term = torch.baddbmm(self.attn_mlp.biases[0], t_row, W_t)  # (H, B, U)
+        pos_term = torch.bmm(t_pos, W_t) if t_pos is not None else None  # (H, L, U)
+        if idx is None:
+            t_full = t_row.unsqueeze(2) if t_pos is None else t_row.unsqueeze(2) + t_pos.unsqueeze(1)
+            tz = (z.view(H, B, L, d) * t_full).view(H, B * L, d)
+        else:
+            t_full = t_row[:, rows] if t_pos is None else t_row[:, rows] + t_pos[:, pos]
+            tz = z * t_full
+        pre = torch.bmm(torch.cat([z, tz], dim=-1), torch.cat([W_z - W_diff, W_prod], dim=1))
+        if idx is None:
+            pre = pre.view(H, B, L, -1) + row_term.unsqueeze(2)
+            if pos_term is not None:
+                pre = pre + pos_term.unsqueeze(1)
+            scores = self.attn_mlp(None, first_pre=pre.view(H, B * L, -1)).view(H, B, L)
+        else:
+            pre = pre + row_term[:, rows]
+            if pos_term is not None:
+                pre = pre + pos_term[:, pos]
+            packed = self.attn_mlp(None, first_pre=pre).squeeze(-1)  # (H, M)
+            scores = packed.new_full((H, B * L), NEG_INF).index_copy(1, idx, packed).view(H, B, L)
         weights = scores.masked_fill(~valid.unsqueeze(0), NEG_INF).softmax(dim=-1)
-        interests = torch.bmm(weights.view(H * B, 1, L), z.reshape(H * B, L, d)).view(H, B, d)
+        if idx is None:
+            interests = torch.bmm(weights.view(H * B, 1, L), z.view(H * B, L, d)).view(H, B, d)
+        else:
+            picked = weights.view(H, B * L).index_select(1, idx).unsqueeze(-1) * z
+            interests = z.new_zeros(H, B, d).index_add(1, rows, picked)
         return interests.transpose(0, 1).reshape(B, H * d)
 
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from exfm_plugin.config import load_experiment
 from exfm_plugin.models import DMIN, MODEL_REGISTRY
-from exfm_plugin.models.dmin_layers import (BehaviorRefiner, MultiInterestExtractor, allowed_keys,
-                                            normalize_field_pairs)
+from exfm_plugin.models.dmin_layers import (BehaviorRefiner, GroupedDice, MultiInterestExtractor,
+                                            allowed_keys, normalize_field_pairs)
 from tiny_data import SEQ_LEN, make_tiny_data, model_kwargs
 
 TINY_DMIN = dict(target_field="cate_id", sequence_field="cate_his")
@@ -267,12 +267,18 @@ def loop_extractor(ext: MultiInterestExtractor, seq: torch.Tensor, target: torch
     return torch.cat(interests, dim=-1)
 
 
-@pytest.mark.parametrize("activation,use_pos_emb", [("ReLU", True), ("ReLU", False), ("Dice", True)])
-def test_grouped_extractor_equals_per_head_reference_loop(activation, use_pos_emb):
+@pytest.mark.parametrize("activation,use_pos_emb,pack", [("ReLU", True, True), ("ReLU", True, False),
+                                                        ("ReLU", False, True), ("ReLU", False, False),
+                                                        ("Dice", True, None)])
+def test_grouped_extractor_equals_per_head_reference_loop(activation, use_pos_emb, pack):
+    """Both paths (per-position layers on every position, or only where they reach the output)
+    compute the per-head loop's result; Dice (by default) takes every position."""
     torch.manual_seed(0)
     B, L, d, H = 6, 5, 12, 3
     ext = MultiInterestExtractor(d, H, max_len=L, attention_hidden_units=[10, 6],
                                  attention_activation=activation, use_pos_emb=use_pos_emb, pos_emb_dim=4)
+    ext.pack_positions = pack
+    assert ext.packs_positions(torch.device("cpu")) == (activation != "Dice" if pack is None else pack)
     with torch.no_grad():
         for p in ext.parameters():
             p.add_(torch.randn(p.shape) * 0.3)  # off the init (zeros, ones) so every term counts
@@ -280,12 +286,48 @@ def test_grouped_extractor_equals_per_head_reference_loop(activation, use_pos_em
     seq, target = torch.randn(B, L, d), torch.randn(B, d)
     valid = torch.rand(B, L) < 0.7
     valid[0] = False
+    seq.requires_grad_(True)
     got = ext(seq, target, allowed_keys(valid), valid)
+    grad, = torch.autograd.grad(got.square().sum(), seq)
     expected = loop_extractor(ext, seq, target, valid, activation)
+    expected_grad, = torch.autograd.grad(expected.square().sum(), seq)
     assert got.shape == (B, H * d)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
     # an all-padding row gets the uniform mean over its positions (softmax of equal -1e9 scores)
     assert torch.isfinite(got[0]).all()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_grouped_dice_equals_fuxictr_dice_per_head(training):
+    """Outputs, gradients (input and alpha) and running statistics of fuxictr's own Dice, one
+    module per head, against the grouped Dice with its hand-written backward."""
+    from fuxictr.pytorch.layers.activations import Dice
+    torch.manual_seed(0)
+    H, N, U = 3, 50, 7
+    grouped = GroupedDice(H, U).double().train(training)
+    per_head = [Dice(U).double().train(training) for _ in range(H)]
+    with torch.no_grad():
+        grouped.alpha.normal_()
+        grouped.running_mean.normal_()
+        grouped.running_var.uniform_(0.5, 2.0)
+        for h, dice in enumerate(per_head):
+            dice.alpha.copy_(grouped.alpha[h, 0])
+            dice.bn.running_mean.copy_(grouped.running_mean[h, 0])
+            dice.bn.running_var.copy_(grouped.running_var[h, 0])
+    x = torch.randn(H, N, U, dtype=torch.double, requires_grad=True)
+    g = torch.randn(H, N, U, dtype=torch.double)
+    out = grouped(x)
+    dx, dalpha = torch.autograd.grad(out, (x, grouped.alpha), g)
+    for h, dice in enumerate(per_head):
+        xh = x.detach()[h].clone().requires_grad_(True)
+        ref = dice(xh)
+        ref_dx, ref_dalpha = torch.autograd.grad(ref, (xh, dice.alpha), g[h])
+        torch.testing.assert_close(out[h], ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(dx[h], ref_dx, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(dalpha[h, 0], ref_dalpha, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(grouped.running_mean[h, 0], dice.bn.running_mean)
+        torch.testing.assert_close(grouped.running_var[h, 0], dice.bn.running_var)
 
 
 def test_per_head_dimension_is_model_dim_over_heads(tmp_path):
