@@ -22,7 +22,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..contracts import FM_PRED, fm_pred_column
 from ..data.dayfile import DayFileError, read_day_attrs, write_fm_supervision
 from ..fsutil import atomic_file, is_temp_name
 from .engines import ID_COLUMN
@@ -115,11 +114,11 @@ def assemble(plan: JobPlan) -> dict[str, str]:
             logger.info("job %s: split of VM %s already written (%s)", job.job_id, vm.name, out)
             continue
         pos = np.searchsorted(ids, vm_ids)  # every VM id is in the union by construction
-        if plan.outputs == {FM_PRED: None} or list(plan.outputs) == [FM_PRED]:
-            sup: np.ndarray | dict[str, np.ndarray] = preds[FM_PRED][pos]
+        if list(plan.outputs.values()) == [None]:  # a single-task FM: one unlabelled column
+            sup: np.ndarray | dict[str, np.ndarray] = preds[next(iter(plan.outputs))][pos]
         else:
-            wanted = vm.tasks or [t for t in plan.outputs.values()]
-            sup = {t: preds[fm_pred_column(t, multitask=True)][pos] for t in wanted}
+            column_of = {label: column for column, label in plan.outputs.items()}
+            sup = {t: preds[column_of[t]][pos] for t in (vm.tasks or list(column_of))}
         write_fm_supervision(vm.day_file, out, sup, snapshot_id=job.snapshot_id,
                              attrs={"vm_name": vm.name, "das_job_id": job.job_id, "das_plan": plan.fingerprint})
     manifest = {"job_id": job.job_id, "snapshot_id": job.snapshot_id, "day": job.day,

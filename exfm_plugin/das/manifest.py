@@ -33,7 +33,7 @@ FEATURE_MAP_JSON = "feature_map.json"
 FEATURE_VOCAB_JSON = "feature_vocab.json"
 PRETRAINED_DIR = "pretrained"  # inside feature_map/, for files referenced outside the map's dir
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _HASH_CHUNK = 1 << 20
 
 
@@ -132,7 +132,7 @@ class SnapshotInfo:
 # --------------------------------------------------------------------------- helpers
 def validate_snapshot_id(snapshot_id: str) -> str:
     """Ids are directory names and metadata-store keys: letters, digits, ``._-``, not hidden."""
-    if not isinstance(snapshot_id, str) or not _ID_RE.match(snapshot_id) or snapshot_id in (".", ".."):
+    if not isinstance(snapshot_id, str) or not ID_RE.match(snapshot_id) or snapshot_id in (".", ".."):
         raise ValueError(f"snapshot_id {snapshot_id!r}: expected 1-200 characters of [A-Za-z0-9._-] "
                          f"starting with a letter or digit")
     return snapshot_id

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..contracts import FM_PRED, fm_pred_column
 from ..data.dayfile import DayFileError, read_day_attrs
 from .compat import FeatureMapMismatch
 from .engines import ID_COLUMN
@@ -134,10 +133,8 @@ def snapshot_feature_columns(loaded: Any) -> list[str]:
 
 def snapshot_outputs(loaded: Any) -> dict[str, str | None]:
     """Prediction column -> task label: ``{"fm_pred": None}`` or ``{"fm_pred/<label>": label}``."""
-    info = loaded.info
-    if info.multitask:
-        return {fm_pred_column(label, multitask=True): label for label in info.labels}
-    return {FM_PRED: None}
+    info = loaded.info  # SnapshotInfo.outputs names the columns (contracts.fm_pred_column)
+    return dict(zip(info.outputs, info.labels)) if info.multitask else {info.outputs[0]: None}
 
 
 def check_job(job: AugmentJob, loaded: Any) -> None:

@@ -49,7 +49,7 @@ import torch
 
 from ..fsutil import atomic_dir, fsync_dir
 from .compat import FeatureMapMismatch
-from .manifest import (FEATURE_MAP_DIR, FEATURE_MAP_JSON, MANIFEST, MODEL_PARAMS, SIGNATURE, WEIGHTS, _ID_RE,
+from .manifest import (FEATURE_MAP_DIR, FEATURE_MAP_JSON, MANIFEST, MODEL_PARAMS, SIGNATURE, WEIGHTS, ID_RE,
                        FileEntry, SnapshotCorrupt, SnapshotExists, SnapshotInfo, SnapshotNotFound, SPDError,
                        SnapshotUnauthenticated, file_sha256, new_snapshot_id, validate_snapshot_id)
 from .publish import jsonable, write_snapshot
@@ -178,7 +178,7 @@ class SnapshotStore:
         except FileNotFoundError:
             return []
         for entry in entries:
-            if entry.name.startswith(".") or not entry.is_dir() or not _ID_RE.match(entry.name):
+            if entry.name.startswith(".") or not entry.is_dir() or not ID_RE.match(entry.name):
                 continue
             try:
                 infos.append(self._read_manifest(entry.name))
