@@ -93,13 +93,14 @@ def auc_after_one_pass(args, root: str) -> None:
     from exfm_plugin.data import H5DataLoader
 
     data_dir = args.auc_data
-    if data_dir is None:
-        start = time.perf_counter()
-        summary = prepare("taobaoad", "synthetic", None, os.path.join(root, "synthetic"), seed=0,
-                          size=args.auc_size)
-        data_dir = summary.data_dir
-        print(f"(prepared synthetic TaobaoAd, size {args.auc_size}, in {time.perf_counter() - start:.0f} s: "
-              f"{data_dir})")
+    if data_dir is None:  # prepared once, then reused by later runs
+        cache = os.path.join(tempfile.gettempdir(), f"exfm_bench_taobaoad_{args.auc_size}")
+        data_dir = os.path.join(cache, "taobaoad_synthetic")
+        if not os.path.exists(os.path.join(data_dir, f"day_{args.auc_day + 1}.h5")):
+            start = time.perf_counter()
+            data_dir = prepare("taobaoad", "synthetic", None, cache, seed=0, size=args.auc_size).data_dir
+            print(f"(prepared synthetic TaobaoAd, size {args.auc_size}, in {time.perf_counter() - start:.0f} s)")
+        print(f"(synthetic TaobaoAd day files: {data_dir})")
     dataset_id = os.path.basename(os.path.normpath(data_dir))
     train_file = os.path.join(data_dir, f"day_{args.auc_day}.h5")
     test_file = os.path.join(data_dir, f"day_{args.auc_day + 1}.h5")

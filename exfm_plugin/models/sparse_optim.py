@@ -211,7 +211,7 @@ class LazyAdam(torch.optim.Adam):
         state["step"] += 1
         step = float(state["step"])  # a CPU scalar, as in torch's Adam: no device sync
         beta1, beta2 = group["betas"]
-        grad = grad.coalesce()
+        grad = coalesce_rows(grad)
         rows, values = grad.indices()[0], grad.values()
         if rows.numel() == 0:
             return
@@ -253,6 +253,23 @@ def build_optimizer(optimizer: str | type, params: Iterable[nn.Parameter], lr: f
     return LazyAdam(params, lr=lr)
 
 
+def coalesce_rows(grad: torch.Tensor) -> torch.Tensor:
+    """``grad.coalesce()`` for a row-sparse gradient; the sum of a few row-sparse pieces (a
+    table looked up by several features, plus its regulariser) over a table not much larger
+    than the pieces is merged through a dense buffer instead of a sort."""
+    if grad.is_coalesced():
+        return grad
+    indices, values = grad._indices()[0], grad._values()
+    num_rows = grad.size(0)
+    if num_rows > 4 * indices.numel():
+        return grad.coalesce()
+    buffer = values.new_zeros((num_rows,) + tuple(values.shape[1:])).index_add_(0, indices, values)
+    rows = torch.zeros(num_rows, dtype=torch.bool, device=indices.device).index_fill_(0, indices, True)
+    rows = rows.nonzero().squeeze(1)
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), buffer.index_select(0, rows), grad.shape,
+                                   is_coalesced=True, check_invariants=False)
+
+
 def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_`` that also takes row-sparse gradients (torch's raises
     on them): sparse gradients are coalesced in place so each row counts once, their values
@@ -262,7 +279,7 @@ def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float, norm_type: 
     for p in params:
         if p.grad.is_sparse:
             if not p.grad.is_coalesced():
-                p.grad = p.grad.coalesce()
+                p.grad = coalesce_rows(p.grad)
             sparse.append(p.grad)
         else:
             dense.append(p.grad)

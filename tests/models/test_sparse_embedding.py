@@ -340,3 +340,20 @@ def test_pooled_sequence_fields_equal_the_masked_mean_of_the_lookup(mode, fmap, 
     (grad_ref,) = torch.autograd.grad(reference.pow(2).sum(), table.weight)
     grad_fused = grad_fused.to_dense() if grad_fused.is_sparse else grad_fused
     torch.testing.assert_close(grad_fused, grad_ref, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("num_rows", [12, 400])  # the dense-buffer merge and the sort
+def test_coalesce_rows_equals_torch_coalesce(num_rows):
+    from exfm_plugin.models.sparse_optim import coalesce_rows
+
+    gen = torch.Generator().manual_seed(0)
+    pieces = []
+    for n in (5, 7, 3):
+        rows = torch.randperm(num_rows, generator=gen)[:n].sort().values
+        pieces.append(torch.sparse_coo_tensor(rows.unsqueeze(0), torch.randn(n, 2, generator=gen), (num_rows, 2)))
+    total = pieces[0] + pieces[1] + pieces[2]
+    assert not total.is_coalesced()
+    merged, expected = coalesce_rows(total), total.coalesce()
+    assert merged.is_coalesced()
+    assert torch.equal(merged.indices(), expected.indices())
+    torch.testing.assert_close(merged.values(), expected.values())
