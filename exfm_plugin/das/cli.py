@@ -53,7 +53,8 @@ def _add_zk_auth_options(p: argparse.ArgumentParser) -> None:
                    help="name of an environment variable holding what --zk-auth-file would hold")
 
 
-def _zk_auth(args: argparse.Namespace) -> Any:
+def zk_auth(args: argparse.Namespace) -> Any:
+    """The ZooKeeper identities of ``--zk-auth-file`` / ``--zk-auth-env`` (None: no ACLs)."""
     from .zk_auth import load_zk_auth
 
     return load_zk_auth(file=getattr(args, "zk_auth_file", None), env=getattr(args, "zk_auth_env", None))
@@ -67,6 +68,7 @@ def _spd_keys(args: argparse.Namespace) -> Any:
 
 def add_das_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``exfm das`` and its subcommands on the top-level parser."""
+    from .cli_status import run_status
     p = sub.add_parser("das", help="Data Augmentation Service: FM snapshots -> FM-augmented VM splits",
                        description="Publish FM snapshots to the SPD, run DAS workers that log the FM's "
                                    "predictions onto the VMs' day files, and show the metadata store.")
@@ -124,7 +126,7 @@ def add_das_parser(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--day", type=int, default=None, help="show the job of this day with the current snapshot")
     st.add_argument("--json", action="store_true", help="print JSON")
     _add_zk_auth_options(st)
-    st.set_defaults(das_func=_run_status)
+    st.set_defaults(das_func=run_status)
 
 
 # --------------------------------------------------------------------------- publish
@@ -197,7 +199,7 @@ def _run_run(args: argparse.Namespace) -> int:
         logger.warning("no --spd-key-file: snapshots are checked by sha256 only, not authenticated")
     snapshots = SnapshotStore(args.snapshots, keys=keys)
     url = args.metastore or default_metastore(args.snapshots)
-    with open_metastore(url, auth=_zk_auth(args)) as store:
+    with open_metastore(url, auth=zk_auth(args)) as store:
         poll = args.poll or 60.0
         updater = Updater(snapshots, store, owner=owner, poll_interval=poll,
                           lease_seconds=args.snapshot_lease or max(600.0, 3 * poll))
@@ -267,68 +269,6 @@ def _augment(args: argparse.Namespace, store: Any, job: Any, owner: str, loaded:
     report = run_worker(job, store, owner, args.lease, loaded=loaded, engine=engine, batch_size=args.batch_size,
                         poll_interval=min(1.0, args.lease / 4), progress=not args.no_progress)
     print(json.dumps(report.to_dict()), flush=True)
-
-
-# --------------------------------------------------------------------------- status
-def _fmt_time(expires: float | None, now: float) -> str:
-    if expires is None:
-        return "-"
-    left = expires - now
-    return f"expires in {left:.1f} s" if left > 0 else f"expired {-left:.1f} s ago"
-
-
-def _run_status(args: argparse.Namespace) -> int:
-    from .metastore import CLAIMED, DONE, PENDING, open_metastore
-
-    if args.metastore is None and args.snapshots is None:
-        print("exfm das status: give --metastore URL or --snapshots DIR", file=sys.stderr)
-        return 2
-    url = args.metastore or default_metastore(args.snapshots)
-    now = time.time()
-    with open_metastore(url, auth=_zk_auth(args)) as store:
-        access = store.access_summary()
-        current = store.get_current()
-        job_id = args.job
-        if job_id is None and args.day is not None and current is not None:
-            job_id = f"{args.day}-{current.snapshot_id}"
-        shards = store.job_status(job_id) if job_id else {}
-        expired = store.expired_snapshots(now)
-    out: dict[str, Any] = {"metastore": url, "access": access, "now": now, "expired_snapshots": expired,
-                           "current": None if current is None else {
-                               "snapshot_id": current.snapshot_id, "version": current.version,
-                               "owner": current.owner, "lease_expires_at": current.lease_expires_at,
-                               "lease_seconds_left": current.lease_expires_at - now}}
-    if job_id:
-        counts = {s: sum(sh.state == s for sh in shards.values()) for s in (DONE, CLAIMED, PENDING)}
-        counts["claimed_expired"] = sum(sh.state == CLAIMED and sh.claimable(now) for sh in shards.values())
-        out["job"] = {"job_id": job_id, "shards": len(shards), **counts,
-                      "attempts": sum(sh.attempts for sh in shards.values()),
-                      "claims": [{"shard_id": sh.shard_id, "owner": sh.owner, "attempts": sh.attempts,
-                                  "lease_expires_at": sh.lease_expires_at}
-                                 for sh in shards.values() if sh.state == CLAIMED]}
-    if args.json:
-        print(json.dumps(out, indent=1))
-        return 0
-    print(f"metastore {url}")
-    print(f"access: {access}")
-    if current is None:
-        print("current snapshot: none")
-    else:
-        print(f"current snapshot: {current.snapshot_id} (version {current.version}, owner {current.owner}, "
-              f"lease {_fmt_time(current.lease_expires_at, now)})")
-    if expired:
-        print(f"expired snapshots awaiting GC: {', '.join(expired)}")
-    if job_id:
-        j = out["job"]
-        if not shards:
-            print(f"job {job_id}: unknown (no shards registered)")
-        else:
-            print(f"job {job_id}: {j['shards']} shards: {j['done']} done, {j['claimed']} claimed "
-                  f"({j['claimed_expired']} with an expired lease), {j['pending']} pending; {j['attempts']} attempts")
-            for c in j["claims"]:
-                print(f"  {c['shard_id']}: claimed by {c['owner']} (attempt {c['attempts']}, "
-                      f"lease {_fmt_time(c['lease_expires_at'], now)})")
-    return 0
 
 
 def run_das(args: argparse.Namespace) -> int:

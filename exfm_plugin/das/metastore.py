@@ -4,7 +4,7 @@ All DAS tasks are equal (no primary), so every piece of coordination goes throug
 atomic compare-and-set: two updaters racing to publish a snapshot, or two workers racing for a
 shard, always produce exactly one winner, and any task may die at any time.
 
-Two backends behind one contract (``tests/test_metastore.py`` runs the same tests on both):
+Two backends behind one contract (``tests/das/test_metastore.py`` runs the same tests on both):
 
 * ``sqlite:///abs/path.db`` or a plain file path: :class:`~.metastore_sqlite.SqliteMetadataStore`,
   the embedded default, safe across processes of one machine (WAL, ``BEGIN IMMEDIATE``).

@@ -126,9 +126,8 @@ def default_owner() -> str:
 
 # --------------------------------------------------------------------------- snapshot checks
 def snapshot_feature_columns(loaded: Any) -> list[str]:
-    """The day-file columns the FM reads: its feature map's features, ``meta`` ones excluded."""
-    fmap = loaded.feature_map
-    return [name for name, spec in fmap.features.items() if spec.get("type") != "meta"]
+    """The day-file columns the FM reads (:attr:`.snapshot.LoadedSnapshot.feature_columns`)."""
+    return list(loaded.feature_columns)
 
 
 def snapshot_outputs(loaded: Any) -> dict[str, str | None]:

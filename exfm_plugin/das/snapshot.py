@@ -87,13 +87,18 @@ class LoadedSnapshot:
     def snapshot_id(self) -> str:
         return self.info.snapshot_id
 
+    @property
+    def feature_columns(self) -> list[str]:
+        """The day-file columns the FM reads: its feature map's features, ``meta`` ones excluded."""
+        return [name for name, spec in self.feature_map.features.items() if spec.get("type") != "meta"]
+
     def predict_batch(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """FM probabilities for one fuxictr batch dict: ``{"fm_pred": p}`` (single task) or
         ``{"fm_pred/<label>": p}`` per label (multi-task), each a float32 array of shape (B,).
 
         Extra columns (labels, ``fm_pred``, ids) are ignored; a missing feature is an error.
         """
-        needed = [name for name, spec in self.feature_map.features.items() if spec.get("type") != "meta"]
+        needed = self.feature_columns
         missing = [name for name in needed if name not in batch]
         if missing:
             raise KeyError(f"snapshot {self.snapshot_id}: batch lacks feature column(s) {missing}; "
