@@ -86,16 +86,25 @@ def test_das_run_poll_follows_new_snapshots_and_refuses_a_corrupt_one(tmp_path):
         _wait_for(complete("B"), proc, log)
         check("B")
 
-        publish("C")
-        path = os.path.join(spd.get("C").path, "weights.pt")
+        # C is corrupted in a staging store and then moved into the SPD whole, so that the
+        # updater never sees it intact (it refuses to record it) ...
+        staging = SnapshotStore(tmp_path / "staging")
+        model, params, _ = models["C"]
+        staged = staging.publish(model, model_params=params, feature_map_dir=str(tmp_path / "tiny"), snapshot_id="C")
+        path = os.path.join(staged.path, "weights.pt")
         raw = bytearray(open(path, "rb").read())
         raw[len(raw) // 2] ^= 0x5A
         open(path, "wb").write(bytes(raw))
+        os.rename(staged.path, os.path.join(spd.root, "C"))
+        # ... and someone records it as current anyway: the loader must refuse it
         with open_metastore(f"sqlite:///{os.path.join(spd.root, 'das.db').lstrip('/')}") as store:
-            cur = store.get_current()
-            assert cur.snapshot_id == "B"
-            assert store.compare_and_set_current("C", expected_version=cur.version, owner="intruder",
-                                                 lease_seconds=600)
+            for _ in range(50):  # the updater extends B's lease (a new version) every poll: retry
+                cur = store.get_current()
+                assert cur.snapshot_id == "B"
+                if store.compare_and_set_current("C", expected_version=cur.version, owner="intruder",
+                                                 lease_seconds=600):
+                    break
+            assert store.get_current().snapshot_id == "C"
         time.sleep(2.0)  # ten polls: the loader tries C once and refuses it
         assert proc.poll() is None, open(log).read()[-3000:]
         assert not os.path.exists(os.path.dirname(split("C")))
@@ -112,4 +121,5 @@ def test_das_run_poll_follows_new_snapshots_and_refuses_a_corrupt_one(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert "refusing snapshot C" in open(log).read()
+    log_text = open(log).read()
+    assert "loader: refusing snapshot C" in log_text and "loader: refusing snapshot D" not in log_text
