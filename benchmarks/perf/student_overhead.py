@@ -17,6 +17,10 @@ import os
 import sys
 import tempfile
 
+# idle OpenMP threads sleep instead of spinning, so a process's CPU time is its work (the
+# 'cpu ratio' columns) even on a machine shared with other jobs; set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -23,6 +23,10 @@ import gc
 import os
 import sys
 import tempfile
+
+# idle OpenMP threads sleep instead of spinning, so a process's CPU time is its work (the
+# 'cpu ratio' columns) even on a machine shared with other jobs; set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import time
 
 import torch
