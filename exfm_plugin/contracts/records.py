@@ -77,6 +77,8 @@ class _Base(BaseModel):
     snapshot_id: str | None = None
     vm_schedule: Literal[VM_SCHEDULES]  # type: ignore[valid-type]
     embedding_update: Literal[EMBEDDING_UPDATES] = "dense"  # type: ignore[valid-type]
+    precision: Literal["fp32", "bf16"] = "fp32"
+    torch_compile: bool = False
     feature_gap: list[str] = Field(default_factory=list)
     train_rows: int | None = Field(default=None, ge=0)
     ne_base_rate: Probability | None = None

@@ -21,8 +21,8 @@ from ..contracts import fm_pred_column
 from .artifacts import ArtifactStore, step_key
 from .grid import Cell, Grid, GridError, expand_cells
 from .records import RecordWriter
-from .stages import (Context, PreparedData, all_labels, das_stage, day_label_mean, domain_day_file, fm_eval_stage,
-                     fm_stage, prep_stage)
+from .stages import (Context, PreparedData, all_labels, bars_params, das_stage, day_label_mean, domain_day_file,
+                     fm_eval_stage, fm_stage, prep_stage, training_options)
 from .vm_stages import DayInput, vm_eval_stage, vm_link_stage
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,8 @@ def run_fm_record(ctx: Context, prep: PreparedData, cell: Cell) -> dict:
     label = _label(prep, cell)
     test_file, _ = _unit_files(ctx, prep, cell, cell.test_day)
     fm = fm_stage(ctx, prep, cell.teacher, cell.seed, cell.fm_through_day)
-    return {**fm_eval_stage(ctx, fm, test_file, label, ne_base_rate(ctx, prep, cell)), "snapshot_id": fm.snapshot_id}
+    return {**fm_eval_stage(ctx, fm, test_file, label, ne_base_rate(ctx, prep, cell)), "snapshot_id": fm.snapshot_id,
+            **training_options(bars_params(ctx, prep, cell.teacher, cell.seed))}
 
 
 def _record_base(grid: Grid, prep: PreparedData, cell: Cell, kind: str) -> dict:

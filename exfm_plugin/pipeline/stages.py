@@ -190,6 +190,15 @@ def bars_params(ctx: Context, prep: PreparedData, model: str, seed: int, drop_fe
     return params
 
 
+TRAINING_OPTIONS = {"embedding_update": "dense", "precision": "fp32", "torch_compile": False}
+
+
+def training_options(params: dict) -> dict:
+    """How a model was trained (sparse embedding updates, bf16 autocast, torch.compile):
+    recorded with every result, defaults filled in."""
+    return {k: params.get(k, default) for k, default in TRAINING_OPTIONS.items()}
+
+
 def jsonable_params(params: dict) -> dict:
     """What a step's key and a snapshot's ``model_params.json`` hold: everything but the device."""
     return {k: v for k, v in params.items() if k != "gpu"}

@@ -25,7 +25,8 @@ from ..data import H5DataLoader
 from ..distill import DistillConfig, ExFMStudent, export_serving_model
 from .grid import Cell
 from .stages import (EVAL_BATCH, Context, PreparedData, bars_params, constant_metrics, evaluate_predictions,
-                     jsonable_params, labels_and_groups, load_feature_map, train_one_pass)
+                     jsonable_params, labels_and_groups, load_feature_map, train_one_pass,
+                     training_options)
 
 STATE = "student.pt"
 SERVING = "serving_model.pt"
@@ -127,6 +128,6 @@ def vm_eval_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, link
                 "ne_base_rate": base_rate, "train_rows": link[2]["train_rows"],
                 "train_samples_per_s": link[2]["train_samples_per_s"],
                 "eval_samples_per_s": len(y) / max(eval_secs, 1e-9), "train_seconds": link[2]["train_seconds"],
-                "vm_artifact": str(link[1])}
+                "vm_artifact": str(link[1]), **training_options(params)}
 
     return ctx.store.build("vm_eval", spec, build)[2]
