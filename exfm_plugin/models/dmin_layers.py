@@ -519,8 +519,15 @@ class DMINEncoder(nn.Module):
                     raise ValueError(f"target_field {name!r} is a sequence field")
 
         def emb_dim(name: str) -> int:
+            """Width of a field's embedding output: a field that shares another's table and has
+            no encoder of its own comes out as wide as that table (its own embedding_dim is unused)."""
             spec = features[name]
-            return spec.get("emb_output_dim", spec.get("embedding_dim", embedding_dim))
+            if "emb_output_dim" in spec:
+                return spec["emb_output_dim"]
+            share = spec.get("share_embedding")
+            if share in features and share != name and not spec.get("feature_encoder"):
+                return emb_dim(share)
+            return spec.get("embedding_dim", embedding_dim)
 
         self.embedding_layer = FeatureEmbeddingDict(feature_map, embedding_dim)
         self.enable_sum_pooling = enable_sum_pooling

@@ -153,6 +153,21 @@ def test_dnn_input_is_interests_then_flat_fields(data, tmp_path):
     assert model(first_batch(data))["y_pred"].shape == (64, 1)
 
 
+def test_shared_sequence_width_is_the_shared_tables(data, tmp_path):
+    """A sequence that shares its target's table comes out as wide as that table, whatever its
+    own embedding_dim says (fuxictr never builds a table of that width for it)."""
+    fmap = data.feature_map
+    spec = fmap.features["cate_his"]
+    spec["embedding_dim"] = 64
+    try:
+        model = build("DMIN", fmap, tmp_path, **TINY_DMIN, num_heads=2, dnn_hidden_units=[8],
+                      attention_hidden_units=[8])
+        assert model.encoder.input_dim == 5 * 8 + 2 * 8
+        assert model(first_batch(data))["y_pred"].shape == (64, 1)
+    finally:
+        del spec["embedding_dim"]
+
+
 # ----------------------------------------------------------------------------- refiner
 
 @pytest.mark.parametrize("additive", [False, True])
