@@ -22,14 +22,20 @@ TAOBAO_CATEGORICAL = {  # name -> vocab size
 TAOBAO_SEQUENCES = {"cate_his": "cate_id", "brand_his": "brand", "btag_his": "btag"}
 
 
-def taobao_feature_map(data_dir: str, dataset_id: str = "taobao_shape") -> FeatureMap:
+def scaled_vocab(scale: float = 1.0) -> dict[str, int]:
+    """TaobaoAd's vocabulary sizes times ``scale`` (at least 2 ids each), for dry runs."""
+    return {name: max(2, int(size * scale)) for name, size in TAOBAO_CATEGORICAL.items()}
+
+
+def taobao_feature_map(data_dir: str, dataset_id: str = "taobao_shape", scale: float = 1.0) -> FeatureMap:
     """A FuxiCTR FeatureMap with TaobaoAd_x1's fields: 16 categorical, price, 3 sequences."""
+    vocab = scaled_vocab(scale)
     features = [{name: {"source": "", "type": "categorical", "vocab_size": size, "padding_idx": 0}}
-                for name, size in TAOBAO_CATEGORICAL.items()]
+                for name, size in vocab.items()]
     features.append({"price": {"source": "", "type": "numeric"}})
     for seq, target in TAOBAO_SEQUENCES.items():
         features.append({seq: {"source": "", "type": "sequence", "max_len": SEQ_LEN, "padding_idx": 0,
-                               "vocab_size": TAOBAO_CATEGORICAL[target], "share_embedding": target}})
+                               "vocab_size": vocab[target], "share_embedding": target}})
     os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(data_dir, "feature_map.json")
     with open(path, "w") as f:
@@ -40,18 +46,19 @@ def taobao_feature_map(data_dir: str, dataset_id: str = "taobao_shape") -> Featu
 
 
 def taobao_batches(num_batches: int, batch_size: int, seed: int = 0,
-                   with_teacher: bool = True) -> list[dict[str, torch.Tensor]]:
+                   with_teacher: bool = True, scale: float = 1.0) -> list[dict[str, torch.Tensor]]:
     """Random TaobaoAd-shaped batches (5% CTR, sequences half-filled on average)."""
     rng = np.random.default_rng(seed)
+    vocab = scaled_vocab(scale)
     batches = []
     for _ in range(num_batches):
         batch = {name: torch.from_numpy(rng.integers(1, size, batch_size))
-                 for name, size in TAOBAO_CATEGORICAL.items()}
+                 for name, size in vocab.items()}
         batch["price"] = torch.from_numpy(rng.random(batch_size).astype(np.float32))
         lengths = rng.integers(0, SEQ_LEN + 1, batch_size)
         filled = np.arange(SEQ_LEN)[None, :] < lengths[:, None]
         for seq, target in TAOBAO_SEQUENCES.items():
-            ids = rng.integers(1, TAOBAO_CATEGORICAL[target], (batch_size, SEQ_LEN))
+            ids = rng.integers(1, vocab[target], (batch_size, SEQ_LEN))
             batch[seq] = torch.from_numpy(np.where(filled, ids, 0))
         batch["clk"] = torch.from_numpy((rng.random(batch_size) < 0.05).astype(np.float32))
         if with_teacher:
