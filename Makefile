@@ -52,6 +52,7 @@ report: $(STAMP)
 	$(EXFM) report --records $(RESULTS) --out $(RESULTS)
 
 bench: $(STAMP)
+	$(PY) benchmarks/perf/train_throughput.py
 	$(PY) benchmarks/perf/student_overhead.py
 	$(PY) benchmarks/perf/loader_throughput.py
 	$(PY) benchmarks/perf/prep_throughput.py

@@ -74,11 +74,12 @@ class TrainingOptionsMixin:
     def __init__(self, feature_map, *args, embedding_update: str = "dense", precision: str = "fp32",
                  torch_compile: bool = False, **kwargs):
         validate_training_options(embedding_update, precision, torch_compile)
+        # set before the model's own __init__ runs: a subclass further down the MRO (e.g.
+        # MultiTaskDMIN) calls compile() from inside it
+        for name, value in (("embedding_update", embedding_update), ("precision", precision),
+                            ("torch_compile", torch_compile), ("_sparse_tables", [])):
+            object.__setattr__(self, name, value)
         super().__init__(feature_map, *args, **kwargs)
-        self.embedding_update = embedding_update
-        self.precision = precision
-        self.torch_compile = torch_compile
-        self._sparse_tables: list[nn.Embedding] = []
 
     # ---- optimizer ----------------------------------------------------------------------
     def compile(self, optimizer, loss, lr):

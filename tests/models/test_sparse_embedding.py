@@ -357,3 +357,35 @@ def test_coalesce_rows_equals_torch_coalesce(num_rows):
     assert merged.is_coalesced()
     assert torch.equal(merged.indices(), expected.indices())
     torch.testing.assert_close(merged.values(), expected.values())
+
+
+def test_the_mixin_gives_a_multitask_model_the_options(tmp_path):
+    """TrainingOptionsMixin put first among a fuxictr MultiTaskModel's bases (MultiTaskDMIN
+    compiles inside its own __init__) makes its tables row-sparse and its optimizer lazy."""
+    from exfm_plugin.models import MultiTaskDMIN
+    from exfm_plugin.models.training import TrainingOptionsMixin
+
+    class SparseMultiTaskDMIN(TrainingOptionsMixin, MultiTaskDMIN):
+        pass
+
+    data = make_tiny_data(str(tmp_path / "mt"), num_rows=256, multitask=True)
+    torch.manual_seed(0)
+    model = SparseMultiTaskDMIN(data.feature_map, **model_kwargs(
+        tmp_path, embedding_update="sparse", target_field="cate_id", sequence_field="cate_his",
+        dnn_hidden_units=[16], attention_hidden_units=[8], num_heads=2, pos_emb_dim=4,
+        embedding_regularizer=1e-4))
+    model._max_gradient_norm = 10.0
+    assert isinstance(model.optimizer, LazyAdam)
+    from fuxictr.pytorch.layers import FeatureEmbeddingDict
+    user = next(m.embedding_layers["user_id"] for m in model.modules()
+                if isinstance(m, FeatureEmbeddingDict) and "user_id" in m.embedding_layers)
+    tables = feature_embedding_tables(model)
+    assert tables and all(t.sparse for t in tables)
+    batch = next(data.batches(64))
+    before = [t.weight.detach().clone() for t in tables]
+    model.train_step(batch)
+    assert all(t.weight.grad is None or t.weight.grad.is_sparse for t in tables)
+    old = before[[id(t) for t in tables].index(id(user))]
+    untouched = [i for i in range(user.num_embeddings) if i not in set(batch["user_id"].tolist())]
+    assert untouched and torch.equal(user.weight[untouched], old[untouched])
+    assert not torch.equal(user.weight, old)
