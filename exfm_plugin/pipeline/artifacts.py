@@ -67,11 +67,19 @@ class ArtifactStore:
             with open(tmp / META, "w") as f:
                 json.dump(meta, f, indent=1, sort_keys=True, default=str)
             (tmp / DONE).touch()
-            if final.exists():  # a half-built leftover of a killed run (no DONE marker)
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            if not self.is_done(kind, key):
+                if final.exists():  # a half-built leftover of a killed run (no DONE marker)
+                    shutil.rmtree(final)
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if not self.is_done(kind, key):
+                        raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if tmp.exists():  # another process built the same step first: the rename decided, keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return key, final, self.meta(kind, key)
         logger.info("built %s/%s", kind, key)
         return key, final, meta
