@@ -402,22 +402,22 @@ class MultiInterestExtractor(nn.Module):
         W_t = W_t + W_diff
         row_term = torch.baddbmm(self.attn_mlp.biases[0], t_row, W_t)  # (H, B, U)
         pos_term = torch.bmm(t_pos, W_t) if t_pos is not None else None  # (H, L, U)
-        if idx is None:
+        if idx is None:  # every position: the target terms broadcast over rows / positions
             t_full = t_row.unsqueeze(2) if t_pos is None else t_row.unsqueeze(2) + t_pos.unsqueeze(1)
             tz = (z.view(H, B, L, d) * t_full).view(H, B * L, d)
-        else:
-            t_full = t_row[:, rows] if t_pos is None else t_row[:, rows] + t_pos[:, pos]
-            tz = z * t_full
-        pre = torch.bmm(torch.cat([z, tz], dim=-1), torch.cat([W_z - W_diff, W_prod], dim=1))
-        if idx is None:
+            pre = torch.bmm(torch.cat([z, tz], dim=-1), torch.cat([W_z - W_diff, W_prod], dim=1))
             pre = pre.view(H, B, L, -1) + row_term.unsqueeze(2)
             if pos_term is not None:
                 pre = pre + pos_term.unsqueeze(1)
             scores = self.attn_mlp(None, first_pre=pre.view(H, B * L, -1)).view(H, B, L)
-        else:
-            pre = pre + row_term[:, rows]
+        else:  # packed positions: the same terms gathered (index_select: its backward is index_add)
+            t_full = t_row.index_select(1, rows)
+            if t_pos is not None:
+                t_full = t_full + t_pos.index_select(1, pos)
+            pre = torch.bmm(torch.cat([z, z * t_full], dim=-1), torch.cat([W_z - W_diff, W_prod], dim=1))
+            pre = pre + row_term.index_select(1, rows)
             if pos_term is not None:
-                pre = pre + pos_term[:, pos]
+                pre = pre + pos_term.index_select(1, pos)
             packed = self.attn_mlp(None, first_pre=pre).squeeze(-1)  # (H, M)
             scores = packed.new_full((H, B * L), NEG_INF).index_copy(1, idx, packed).view(H, B, L)
         weights = scores.masked_fill(~valid.unsqueeze(0), NEG_INF).softmax(dim=-1)
