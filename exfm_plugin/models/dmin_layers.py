@@ -65,6 +65,7 @@ run only where their output can reach the result -- valid positions, and every p
 all-padding row -- since every other position gets softmax weight exactly 0 (exp(-1e9) == 0):
 the same output, about half the work at BARS-like fill. With Dice every position is computed,
 as the reference's batch statistics need them (on CUDA always, to avoid a host sync).
+Dice over (heads, positions) uses a hand-written backward (same gradient, fewer memory passes).
 """
 from __future__ import annotations
 
