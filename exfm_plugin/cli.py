@@ -13,19 +13,21 @@ import logging
 import sys
 from typing import Sequence
 
+from .contracts import DATASETS, SIZES, SOURCES
+
 
 def _add_prep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prep", help="read a dataset's files into 8 HDF5 day files + fuxictr feature map",
                        description="Read raw, BARS or synthetic files of a dataset, cut them into the "
                                    "paper's 8 days, fit the vocabulary and write one HDF5 file per day.")
-    p.add_argument("--dataset", required=True, choices=["taobaoad", "amazon", "kuaivideo"])
-    p.add_argument("--source", required=True, choices=["raw", "bars", "synthetic"])
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--source", required=True, choices=SOURCES)
     p.add_argument("--input", default=None, metavar="DIR",
                    help="directory with the dataset files (synthetic: where to write them; "
                         "default <out>/raw/<dataset>)")
     p.add_argument("--out", required=True, metavar="DIR", help="output root; files go to DIR/<dataset_id>/")
     p.add_argument("--seed", type=int, default=0, help="seed of negative sampling / synthetic data")
-    p.add_argument("--size", default="tiny", choices=["tiny", "small", "medium", "full"],
+    p.add_argument("--size", default="tiny", choices=SIZES,
                    help="synthetic data size")
     p.add_argument("--vocab-days", default=None,
                    help="days the vocabulary is fitted on: 'all' or e.g. '1,2,3,4' (default days 1..4)")
