@@ -186,6 +186,8 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         x = self.vm.backbone(X)
         z_s = self.vm.serving_head(x)
         terms = {"serving": h(z_s, y)}
+        if hasattr(self.vm, "auxiliary_loss"):  # a VM's own training-only loss (DMIN's refiner aux loss)
+            terms["model_aux"] = self.vm.auxiliary_loss()
         if cfg.method == "kd":
             terms["kd"] = h(z_s, p_teacher)
         if cfg.uses_aux_head:

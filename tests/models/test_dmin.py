@@ -587,6 +587,20 @@ def test_aux_loss_trains_the_embeddings_through_fit_and_the_backbone(aux_data, t
     assert np.mean(auxes[-5:]) < np.mean(auxes[:5])
 
 
+def test_an_exfm_student_of_dmin_adds_the_aux_loss_to_its_own_terms(aux_data, tmp_path):
+    from exfm_plugin.distill import DistillConfig, ExFMStudent
+
+    model = build("DMIN", aux_data.feature_map, tmp_path, **AUX_KW, aux_loss_lambda=0.7, batch_norm=False)
+    student = ExFMStudent(model, DistillConfig(method="none"))
+    student.eval()
+    batch = first_batch(aux_data, 16)
+    with torch.no_grad():
+        terms = student.loss_terms(batch)
+        expected = model(batch)["aux_loss"]  # the model's own forward, computed independently
+    assert float(expected) > 0
+    torch.testing.assert_close(terms["model_aux"], expected)
+
+
 # ----------------------------------------------------------------------------- training
 
 def test_training_decreases_loss(data, tmp_path):
