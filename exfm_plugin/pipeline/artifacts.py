@@ -3,7 +3,9 @@ and a step shared by many cells (a round's FM, the ``none`` VM all teachers shar
 
 A step's key is a hash of its kind, its configuration and the keys of its inputs, so equal
 work gets the same directory whichever grid asks for it. A directory counts only once its
-``DONE`` marker exists; it is built in a temporary sibling and renamed into place.
+``DONE`` marker exists; it is built in a temporary sibling and renamed into place
+(:func:`exfm_plugin.fsutil.atomic_dir`); when two processes build the same step, the first
+rename wins and the other uses the winner's directory.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from ..fsutil import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +62,19 @@ class ArtifactStore:
         if self.is_done(kind, key):
             return key, final, self.meta(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        if final.exists():  # a half-built leftover of a killed run (no DONE marker)
+            shutil.rmtree(final, ignore_errors=True)
         try:
-            meta = dict(fn(tmp))
-            meta.update({"kind": kind, "key": key, "spec": json.loads(canonical_json(spec))})
-            with open(tmp / META, "w") as f:
-                json.dump(meta, f, indent=1, sort_keys=True, default=str)
-            (tmp / DONE).touch()
+            with atomic_dir(final) as tmp_dir:
+                tmp = Path(tmp_dir)
+                meta = dict(fn(tmp))
+                meta.update({"kind": kind, "key": key, "spec": json.loads(canonical_json(spec))})
+                with open(tmp / META, "w") as f:
+                    json.dump(meta, f, indent=1, sort_keys=True, default=str)
+                (tmp / DONE).touch()
+        except FileExistsError:
             if not self.is_done(kind, key):
-                if final.exists():  # a half-built leftover of a killed run (no DONE marker)
-                    shutil.rmtree(final)
-                try:
-                    os.rename(tmp, final)
-                except OSError:
-                    if not self.is_done(kind, key):
-                        raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if tmp.exists():  # another process built the same step first: the rename decided, keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            return key, final, self.meta(kind, key)
+                raise
+            return key, final, self.meta(kind, key)  # another process built it first: keep theirs
         logger.info("built %s/%s", kind, key)
         return key, final, meta
