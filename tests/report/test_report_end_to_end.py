@@ -8,12 +8,42 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from sklearn.metrics import log_loss
+from sklearn.metrics import log_loss, roc_auc_score
 
 from exfm_plugin.cli import main
 from exfm_plugin.data.dayfile import read_day_columns
 
 T_975_1 = 12.706205  # t quantile 0.975 with 1 degree of freedom (tables)
+
+
+def impression_weighted_user_auc(y, p, users):
+    """BARS' gAUC, computed here from its definition: per-user AUC over users with both a click
+    and a non-click, averaged with the users' impression counts as weights."""
+    num = den = 0.0
+    for u in np.unique(users):
+        rows = users == u
+        if 0 < y[rows].sum() < rows.sum():
+            num += rows.sum() * roc_auc_score(y[rows], p[rows])
+            den += rows.sum()
+    return num / den
+
+
+def served_predictions(record, work):
+    """The recorded VM's exported serving model, rebuilt from its artifact, on the test day."""
+    import torch
+
+    from exfm_plugin.config import build_model
+    from exfm_plugin.data import H5DataLoader
+    from exfm_plugin.pipeline.artifacts import ArtifactStore
+    from exfm_plugin.pipeline.grid import load_grid
+    from exfm_plugin.pipeline.stages import Context, bars_params, load_feature_map, prep_stage
+
+    ctx = Context(load_grid(glob.glob(f"{work}/../e2e.yaml")[0]), ArtifactStore(f"{work}/artifacts"), progress=False)
+    prep = prep_stage(ctx)
+    params = bars_params(ctx, prep, record["student"], record["seed"])
+    vm = build_model(dict(params, model_root=f"{work}/ck", gpu=-1), load_feature_map(prep, params, ["clk"]))
+    vm.load_state_dict(torch.load(f"{record['vm_artifact']}/serving_model.pt", weights_only=True))
+    return vm.predict(H5DataLoader(vm.feature_map, prep.day_file(6), split="test", batch_size=8192))
 
 
 @pytest.mark.slow
@@ -42,7 +72,10 @@ def test_tiny_grid_through_run_and_report(tmp_path, capsys):
         assert r["ne_base_rate"] == pytest.approx(p, rel=1e-9)
         assert r["constant"]["logloss"] == pytest.approx(constant, rel=1e-6)
         assert r["metrics"]["NE"] == pytest.approx(r["metrics"]["logloss"] / h, rel=1e-6)
-        assert isinstance(r["metrics"]["gAUC"], float) and math.isfinite(r["metrics"]["gAUC"])
+    vm_none = next(r for r in ok if r["kind"] == "vm" and r["method"] == "none" and r["seed"] == 0)
+    users = read_day_columns(day[0].replace("day_5", "day_6"), ["group_id"])["group_id"]
+    assert vm_none["metrics"]["gAUC"] == pytest.approx(
+        impression_weighted_user_auc(test_clk, served_predictions(vm_none, work), users), rel=1e-9)
 
     auc = {(r["method"], r["seed"]): r["metrics"]["AUC"] for r in ok if r["kind"] == "vm"}
     gains = [100 * (auc[("kd", s)] - auc[("none", s)]) / auc[("none", s)] for s in (0, 1)]

@@ -21,7 +21,7 @@ from exfm_plugin.config import build_model, load_experiment
 from exfm_plugin.models import (DCN, MODEL_REGISTRY, check_protocol)
 from tiny_data import make_tiny_data, model_kwargs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(REPO, "yaml_configs", "models")
 DATASET_DIR = os.path.join(REPO, "yaml_configs", "datasets")
 TINY_DMIN = dict(target_field="cate_id", sequence_field="cate_his")

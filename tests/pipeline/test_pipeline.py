@@ -15,7 +15,7 @@ from exfm_plugin.pipeline.grid import GridError, expand_cells, load_grid
 from exfm_plugin.pipeline.records import read_records
 from exfm_plugin.pipeline.runner import check_device, run_grid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GRIDS = os.path.join(REPO, "yaml_configs", "grids")
 TINY = 6000  # impressions: enough rows per day for every label and domain, seconds per grid
 

@@ -15,7 +15,7 @@ import pytest
 
 from exfm_plugin.data.dayfile import read_day_columns
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _entropy_of_label_rate(data_dir: str, days) -> float:
