@@ -16,11 +16,11 @@ from torch import nn
 from fuxictr.pytorch.layers import MLP_Block
 from fuxictr.pytorch.models import MultiTaskModel
 
-from .base import LOGIT_LOSSES
+from .base import LOGIT_LOSSES, FeatureInputsMixin
 from .dmin_layers import DMINEncoder
 
 
-class MultiTaskDMIN(MultiTaskModel):
+class MultiTaskDMIN(FeatureInputsMixin, MultiTaskModel):
     def __init__(self,
                  feature_map,
                  model_id: str = "MultiTaskDMIN",
@@ -90,11 +90,6 @@ class MultiTaskDMIN(MultiTaskModel):
         self._loss_name = kwargs["loss"] if isinstance(kwargs["loss"], str) else None
         self.reset_parameters()
         self.model_to_device()
-
-    def get_inputs(self, inputs, feature_source=None):
-        """Like fuxictr's, but ignores batch columns that are not features (``fm_pred/...``)."""
-        known = {k: v for k, v in inputs.items() if k in self.feature_map.features}
-        return super().get_inputs(known, feature_source)
 
     def backbone(self, X: dict[str, torch.Tensor]) -> torch.Tensor:
         """Feature dict -> shared-bottom vector (B, d)."""

@@ -20,7 +20,17 @@ from .training import TrainingOptionsMixin
 LOGIT_LOSSES = {"bce", "binary_crossentropy", "binary_cross_entropy"}
 
 
-class ExFMModel(TrainingOptionsMixin, ExFMMetricsMixin, BaseModel):
+class FeatureInputsMixin:
+    """``get_inputs`` like fuxictr's, but ignoring batch columns that are not features
+    (``fm_pred``, ``fm_pred/<label>``, example ids): the FM supervision travels in the same
+    batch dict. Put it before the fuxictr base class."""
+
+    def get_inputs(self, inputs, feature_source=None):
+        known = {k: v for k, v in inputs.items() if k in self.feature_map.features}
+        return super().get_inputs(known, feature_source)
+
+
+class ExFMModel(FeatureInputsMixin, TrainingOptionsMixin, ExFMMetricsMixin, BaseModel):
     """A FuxiCTR ranking model split into a backbone and a serving head.
 
     Subclasses implement :meth:`backbone` and :meth:`serving_head`; ``forward`` composes
@@ -42,12 +52,6 @@ class ExFMModel(TrainingOptionsMixin, ExFMMetricsMixin, BaseModel):
         X = self.get_inputs(inputs)
         logit = self.serving_head(self.backbone(X))
         return {"y_pred": self.output_activation(logit), "logit": logit}
-
-    def get_inputs(self, inputs, feature_source=None):
-        """Like fuxictr's, but ignores batch columns that are not features (``fm_pred``,
-        example ids): the FM supervision travels in the same batch dict."""
-        known = {k: v for k, v in inputs.items() if k in self.feature_map.features}
-        return super().get_inputs(known, feature_source)
 
     def compile(self, optimizer, loss, lr):
         super().compile(optimizer, loss, lr)
