@@ -118,3 +118,17 @@ def make_tiny_data(data_dir: str, num_rows: int = 2048, seed: int = 0,
         like_prob = 1.0 / (1.0 + np.exp(-(logit - 1.0 + 0.8 * (price < 0.3))))
         columns["like"] = (rng.random(num_rows) < like_prob).astype(np.float32)
     return TinyData(feature_map, columns, true_prob)
+
+
+def build_tiny_model(name: str, feature_map: FeatureMap, tmp_path, seed: int = 0, **overrides):
+    """A model of the registry on tiny data, seeded, with fuxictr's default gradient clip."""
+    from exfm_plugin.models import MODEL_REGISTRY
+
+    torch.manual_seed(seed)
+    model = MODEL_REGISTRY[name](feature_map, **model_kwargs(tmp_path, **overrides))
+    model._max_gradient_norm = 10.0
+    return model
+
+
+def first_batch(data: "TinyData", size: int = 64) -> dict:
+    return next(data.batches(size))

@@ -20,27 +20,12 @@ from exfm_plugin.config import load_experiment
 from exfm_plugin.models import DMIN, MODEL_REGISTRY
 from exfm_plugin.models.dmin_layers import (BehaviorRefiner, GroupedDice, MultiInterestExtractor,
                                             allowed_keys, normalize_field_pairs)
-from tiny_data import SEQ_LEN, make_tiny_data, model_kwargs
+from tiny_data import SEQ_LEN, build_tiny_model as build, first_batch, make_tiny_data, model_kwargs
 
 TINY_DMIN = dict(target_field="cate_id", sequence_field="cate_his")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_tiny_data(str(tmp_path_factory.mktemp("tiny")))
-
-
-@pytest.fixture(scope="module")
-def mt_data(tmp_path_factory):
-    return make_tiny_data(str(tmp_path_factory.mktemp("tiny_mt")), multitask=True)
-
-
-def build(name: str, feature_map, tmp_path, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    model = MODEL_REGISTRY[name](feature_map, **model_kwargs(tmp_path, **overrides))
-    model._max_gradient_norm = 10.0
-    return model
 
 
 def randomize(model: nn.Module, std: float = 0.3, seed: int = 1) -> None:
@@ -56,8 +41,6 @@ def randomize(model: nn.Module, std: float = 0.3, seed: int = 1) -> None:
                 m.weight[m.padding_idx].zero_()
 
 
-def first_batch(data, size: int = 64) -> dict:
-    return next(data.batches(size))
 
 
 # ----------------------------------------------------------------------------- feature maps

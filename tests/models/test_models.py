@@ -19,7 +19,7 @@ from fuxictr.utils import load_dataset_config, load_model_config
 
 from exfm_plugin.config import build_model, load_experiment
 from exfm_plugin.models import (DCN, MODEL_REGISTRY, check_protocol)
-from tiny_data import make_tiny_data, model_kwargs
+from tiny_data import build_tiny_model as build, first_batch, model_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(REPO, "yaml_configs", "models")
@@ -52,25 +52,8 @@ CASES = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_tiny_data(str(tmp_path_factory.mktemp("tiny")))
 
 
-@pytest.fixture(scope="module")
-def mt_data(tmp_path_factory):
-    return make_tiny_data(str(tmp_path_factory.mktemp("tiny_mt")), multitask=True)
-
-
-def build(name: str, feature_map, tmp_path, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    model = MODEL_REGISTRY[name](feature_map, **model_kwargs(tmp_path, **overrides))
-    model._max_gradient_norm = 10.0
-    return model
-
-
-def first_batch(data, size: int = 64) -> dict:
-    return next(data.batches(size))
 
 
 # ----------------------------------------------------------------------------- every model
