@@ -51,16 +51,7 @@ class DMIN(ExFMModel):
         super().__init__(feature_map, model_id=model_id, gpu=gpu,
                          embedding_regularizer=embedding_regularizer,
                          net_regularizer=net_regularizer, **kwargs)
-        self.encoder = DMINEncoder(
-            feature_map, embedding_dim, target_field, sequence_field, neg_seq_field,
-            num_heads=num_heads, use_behavior_refiner=use_behavior_refiner,
-            refiner_additive_mask=refiner_additive_mask, layer_norm=layer_norm,
-            attention_hidden_units=attention_hidden_units, attention_activation=attention_activation,
-            attention_dropout=attention_dropout, use_pos_emb=use_pos_emb, pos_emb_dim=pos_emb_dim,
-            enable_sum_pooling=enable_sum_pooling, dnn_hidden_units=dnn_hidden_units,
-            dnn_activations=dnn_activations, net_dropout=net_dropout, batch_norm=batch_norm,
-            bn_only_once=bn_only_once, aux_loss_lambda=aux_loss_lambda,
-            aux_hidden_units=aux_hidden_units, aux_activation=aux_activation)
+        self.encoder = DMINEncoder.from_model_args(feature_map, locals())
         self.fc = nn.Linear(self.encoder.output_dim, 1)
         self._aux_loss: torch.Tensor | None = None
         self.compile(kwargs["optimizer"], kwargs["loss"], learning_rate)

@@ -69,7 +69,9 @@ Dice over (heads, positions) uses a hand-written backward (same gradient, fewer 
 """
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -460,6 +462,16 @@ class DMINEncoder(nn.Module):
     ``forward(X)`` returns ``(x, aux)``: ``x`` the last DNN hidden layer (B, output_dim) and
     ``aux`` the lambda-weighted auxiliary loss of this batch (None when ``aux_loss_lambda`` is 0).
     """
+
+    @classmethod
+    def from_model_args(cls, feature_map, args: Mapping[str, Any]) -> "DMINEncoder":
+        """The encoder of a DMIN-family model from that model's constructor arguments
+        (its ``locals()``): the encoder's own signature says which of them it takes."""
+        names = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "feature_map")]
+        missing = [n for n in names if n not in args]
+        if missing:  # a model that does not expose an encoder argument would silently get its default
+            raise TypeError(f"a DMIN-family model must take every encoder argument; missing {missing}")
+        return cls(feature_map, **{n: args[n] for n in names})
 
     def __init__(self,
                  feature_map,
