@@ -18,9 +18,10 @@ from fuxictr.pytorch.models import MultiTaskModel
 
 from .base import LOGIT_LOSSES, FeatureInputsMixin
 from .dmin_layers import DMINEncoder
+from .training import TrainingOptionsMixin
 
 
-class MultiTaskDMIN(FeatureInputsMixin, MultiTaskModel):
+class MultiTaskDMIN(FeatureInputsMixin, TrainingOptionsMixin, MultiTaskModel):
     def __init__(self,
                  feature_map,
                  model_id: str = "MultiTaskDMIN",

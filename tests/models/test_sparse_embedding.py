@@ -359,14 +359,10 @@ def test_coalesce_rows_equals_torch_coalesce(num_rows):
     torch.testing.assert_close(merged.values(), expected.values())
 
 
-def test_the_mixin_gives_a_multitask_model_the_options(tmp_path):
-    """TrainingOptionsMixin put first among a fuxictr MultiTaskModel's bases (MultiTaskDMIN
-    compiles inside its own __init__) makes its tables row-sparse and its optimizer lazy."""
-    from exfm_plugin.models import MultiTaskDMIN
-    from exfm_plugin.models.training import TrainingOptionsMixin
-
-    class SparseMultiTaskDMIN(TrainingOptionsMixin, MultiTaskDMIN):
-        pass
+def test_the_multitask_dmin_takes_the_training_options(tmp_path):
+    """TrainingOptionsMixin among a fuxictr MultiTaskModel's bases (MultiTaskDMIN compiles
+    inside its own __init__) makes its tables row-sparse and its optimizer lazy."""
+    from exfm_plugin.models import MultiTaskDMIN as SparseMultiTaskDMIN
 
     data = make_tiny_data(str(tmp_path / "mt"), num_rows=256, multitask=True)
     torch.manual_seed(0)
