@@ -61,6 +61,12 @@ def test_scales_of_none_and_kd_are_deduplicated(tmp_path):
     ({"tuner_space": {"teacher": "DCN", "student": "FM", "method": "ah", "alpha": 2}}, "unknown tuner_space key"),
     ({"model_overrides": {"NotAModel": {}}}, "unknown model"),
     ({"mode": "tasks"}, "mode 'tasks' is defined for kuaivideo"),
+    ({"vm_schedule": "weekly"}, "vm_schedule='weekly'"),
+    ({"vm_schedule": "stream", "vm_epochs": 2}, "vm_epochs must be 1"),
+    ({"vm_drop_features": "cate_his"}, "must be a list of feature names"),
+    ({"seeds": 0}, "at least one"),
+    ({"vm_epochs": 0}, "vm_epochs=0 must be a whole number"),
+    ({"tuner_space": {"teacher": [], "student": "FM", "method": "none"}}, "expands to no cell"),
 ])
 def test_bad_grids_are_refused_before_any_work(tmp_path, fields, message):
     with pytest.raises(GridError, match=message):

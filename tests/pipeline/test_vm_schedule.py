@@ -113,3 +113,11 @@ def test_the_adapter_control_stays_the_identity_while_the_trained_adapter_moves(
                 out[_link_method(path)] = adapter(p)
     torch.testing.assert_close(out["ah_sa_frozen"], torch.logit(p, eps=1e-6))  # the identity on the FM logit
     assert (out["ah_sa"] - torch.logit(p, eps=1e-6)).abs().max() > 1e-3  # four days of its own updates
+
+
+def test_the_command_line_schedule_overrides_grid_and_tuner_blocks(tmp_path):
+    path = write_grid(tmp_path, tuner_space=[{"teacher": "DCN", "student": "FM", "method": "none"},
+                                             {"teacher": "DCN", "student": "FM", "method": "ah", "vm_schedule": "stream"}])
+    assert {c.vm_schedule for c in expand_cells(load_grid(path))} == {"stream"}
+    cells = expand_cells(load_grid(path, vm_schedule="day"))
+    assert {c.vm_schedule for c in cells} == {"day"} and {c.train_days == [5] for c in cells} == {True}
