@@ -69,6 +69,16 @@ def lookup_rows(table: nn.Embedding, rows: torch.Tensor) -> torch.Tensor:
     return _RowSparseLookup.apply(table.weight, rows, rows, inverse, table.padding_idx)
 
 
+def _row_sparse_grad(rows: torch.Tensor, values: torch.Tensor, padding_idx: int | None,
+                     shape: torch.Size) -> torch.Tensor:
+    """The coalesced row-sparse gradient of a table from one value row per distinct id (sorted
+    ``rows``), without the padding row, which never learns."""
+    if padding_idx is not None:
+        keep = rows != padding_idx
+        rows, values = rows[keep], values[keep]
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, is_coalesced=True, check_invariants=False)
+
+
 class _RowSparseLookup(torch.autograd.Function):
     """``weight[ids]`` whose gradient is row-sparse and already coalesced: one row per
     distinct id (the padding row left out), summed with ``index_add_`` into a compact buffer
@@ -86,12 +96,7 @@ class _RowSparseLookup(torch.autograd.Function):
     def backward(ctx, grad_out):
         rows, inverse = ctx.saved_tensors
         values = grad_out.new_zeros(rows.numel(), grad_out.size(-1)).index_add_(0, inverse, grad_out)
-        if ctx.padding_idx is not None:
-            keep = rows != ctx.padding_idx
-            rows, values = rows[keep], values[keep]
-        grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.weight_shape, is_coalesced=True,
-                                       check_invariants=False)
-        return grad, None, None, None, None
+        return _row_sparse_grad(rows, values, ctx.padding_idx, ctx.weight_shape), None, None, None, None
 
 
 class _RowSparseBagSum(torch.autograd.Function):
@@ -115,12 +120,7 @@ class _RowSparseBagSum(torch.autograd.Function):
         per_position = grad_out.index_select(0, torch.div(positions, ids.size(1), rounding_mode="floor"))
         values = grad_out.new_zeros(rows.numel(), grad_out.size(-1)).index_add_(
             0, inverse.index_select(0, positions), per_position)
-        if ctx.padding_idx is not None:
-            keep = rows != ctx.padding_idx
-            rows, values = rows[keep], values[keep]
-        grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, ctx.weight_shape, is_coalesced=True,
-                                       check_invariants=False)
-        return grad, None, None, None, None
+        return _row_sparse_grad(rows, values, ctx.padding_idx, ctx.weight_shape), None, None, None, None
 
 
 def _note_rows(table: nn.Embedding, rows: torch.Tensor) -> None:
