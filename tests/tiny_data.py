@@ -132,3 +132,10 @@ def build_tiny_model(name: str, feature_map: FeatureMap, tmp_path, seed: int = 0
 
 def first_batch(data: "TinyData", size: int = 64) -> dict:
     return next(data.batches(size))
+
+def full_data_loss(model, data: "TinyData") -> float:
+    """The model's training loss over every row of the tiny data, in eval mode."""
+    full = {k: torch.from_numpy(v) for k, v in data.columns.items()}
+    model.eval()
+    with torch.no_grad():
+        return model.add_loss(model(full), model.get_labels(full)).item()

@@ -20,7 +20,8 @@ from exfm_plugin.config import load_experiment
 from exfm_plugin.models import DMIN, MODEL_REGISTRY
 from exfm_plugin.models.dmin_layers import (BehaviorRefiner, GroupedDice, MultiInterestExtractor,
                                             allowed_keys, normalize_field_pairs)
-from tiny_data import SEQ_LEN, build_tiny_model as build, first_batch, make_tiny_data, model_kwargs
+from tiny_data import (SEQ_LEN, build_tiny_model as build, first_batch, full_data_loss, make_tiny_data,
+                       model_kwargs)
 
 TINY_DMIN = dict(target_field="cate_id", sequence_field="cate_his")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -589,19 +590,12 @@ def test_an_exfm_student_of_dmin_adds_the_aux_loss_to_its_own_terms(aux_data, tm
 def test_training_decreases_loss(data, tmp_path):
     model = build("DMIN", data.feature_map, tmp_path, **TINY_DMIN, num_heads=2, dnn_hidden_units=[16, 8],
                   attention_hidden_units=[8], attention_activation="Dice", net_dropout=0.1)
-    full = {k: torch.from_numpy(v) for k, v in data.columns.items()}
-
-    def full_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            return model.add_loss(model(full), model.get_labels(full)).item()
-
-    before = full_loss()
+    before = full_data_loss(model, data)
     batches = list(data.batches(128))
     model.train()
     for step in range(30):
         model.train_step(batches[step % len(batches)])
-    assert full_loss() < before - 0.01
+    assert full_data_loss(model, data) < before - 0.01
 
 
 # ----------------------------------------------------------------------------- multi-task

@@ -19,7 +19,7 @@ from fuxictr.utils import load_dataset_config, load_model_config
 
 from exfm_plugin.config import build_model, load_experiment
 from exfm_plugin.models import (DCN, MODEL_REGISTRY, check_protocol)
-from tiny_data import build_tiny_model as build, first_batch, model_kwargs
+from tiny_data import build_tiny_model as build, first_batch, full_data_loss, model_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(REPO, "yaml_configs", "models")
@@ -94,17 +94,10 @@ def test_training_decreases_loss(case, data, tmp_path):
     name, kw = CASES[case]
     model = build(name, data.feature_map, tmp_path, **kw)
     batches = list(data.batches(128))
-    full = {k: torch.from_numpy(v) for k, v in data.columns.items()}
-
-    def full_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            return model.add_loss(model(full), model.get_labels(full)).item()
-
-    before = full_loss()
+    before = full_data_loss(model, data)
     model.train()
     losses = [model.train_step(batches[step % len(batches)]).item() for step in range(30)]
-    after = full_loss()
+    after = full_data_loss(model, data)
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert after < before - 0.01, (before, after)
 
