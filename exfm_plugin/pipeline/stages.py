@@ -144,15 +144,20 @@ def _feature_map_json(data_dir: str) -> dict:
         return json.load(f)
 
 
+def _feature_specs(prep: PreparedData) -> dict[str, dict]:
+    """Feature name -> spec of the prepared feature map, in its order."""
+    return {k: v for feat in _feature_map_json(prep.data_dir)["features"] for k, v in feat.items()}
+
+
 def _feature_names(prep: PreparedData) -> set[str]:
-    return {k for feat in _feature_map_json(prep.data_dir)["features"] for k in feat}
+    return set(_feature_specs(prep))
 
 
 # ------------------------------------------------------------------------------------ models
 def _kept_features(prep: PreparedData, drop: tuple[str, ...]) -> list[str]:
     """The prepared features minus ``drop``; a dropped feature that a kept one shares its
     embedding with, or one the data does not have, is refused."""
-    features = {k: v for feat in _feature_map_json(prep.data_dir)["features"] for k, v in feat.items()}
+    features = _feature_specs(prep)
     unknown = sorted(set(drop) - set(features))
     if unknown:
         raise ValueError(f"vm_drop_features names {unknown}, which the prepared data does not have "
