@@ -6,10 +6,12 @@ bare polars or gzip error), so callers and the CLI can catch one class.
 """
 from __future__ import annotations
 
+from exfm_plugin.errors import ExfmInputError
+
 from typing import Any
 
 
-class DataFormatError(ValueError):
+class DataFormatError(ExfmInputError):
     """A source file does not have the format the reader expects.
 
     Attributes are kept separately (``path``, ``column``, ``row``, ``value``, ``expected``)

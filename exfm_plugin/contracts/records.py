@@ -10,6 +10,8 @@ kept (measurements grow); the named ones are checked here, once, for writer and 
 """
 from __future__ import annotations
 
+from ..errors import ExfmInputError
+
 from typing import Annotated, Any, Literal, Mapping, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -24,7 +26,7 @@ Probability = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1)]
 
 
-class RecordError(ValueError):
+class RecordError(ExfmInputError):
     """A record that does not follow schema version 2; the message names the field and the value."""
 
 

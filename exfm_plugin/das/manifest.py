@@ -6,6 +6,8 @@ file. :class:`SnapshotInfo` is that manifest parsed: cheap to read, nothing is h
 """
 from __future__ import annotations
 
+from ..errors import ExfmInputError
+
 import hashlib
 import re
 import secrets
@@ -38,7 +40,7 @@ _HASH_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- errors
-class SPDError(RuntimeError):
+class SPDError(ExfmInputError, RuntimeError):
     """Base class of the snapshot store's errors."""
 
 

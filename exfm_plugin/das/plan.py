@@ -9,6 +9,8 @@ same job id are refused instead of mixing outputs. Nothing here writes a file: t
 """
 from __future__ import annotations
 
+from ..errors import ExfmInputError
+
 import hashlib
 import json
 import logging
@@ -36,7 +38,7 @@ SHARD_DIR = "shards"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class AugmentError(ValueError):
+class AugmentError(ExfmInputError):
     """The job cannot run as asked: incompatible snapshot, unknown task, inconsistent inputs."""
 
 

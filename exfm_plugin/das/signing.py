@@ -17,6 +17,8 @@ Comparison is ``hmac.compare_digest``. Nothing here logs or repeats a key.
 """
 from __future__ import annotations
 
+from ..errors import ExfmInputError
+
 import hashlib
 import hmac
 import json
@@ -35,7 +37,7 @@ MIN_KEY_CHARS = 32
 _DOMAIN = b"exfm-snapshot-manifest-v1\n"
 
 
-class SignatureError(ValueError):
+class SignatureError(ExfmInputError):
     """A key file is unusable, or a signature is missing, malformed or does not verify."""
 
 

@@ -19,6 +19,8 @@ be separated by ``;``. Users may not contain ``:``; neither part may contain whi
 """
 from __future__ import annotations
 
+from ..errors import ExfmInputError
+
 import logging
 import os
 import stat
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 ROLES = ("rw", "ro")
 
 
-class ZkAuthError(ValueError):
+class ZkAuthError(ExfmInputError):
     """The credentials file or variable is missing or malformed (the message never holds a secret)."""
 
 

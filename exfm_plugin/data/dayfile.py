@@ -26,6 +26,8 @@ untouched.
 """
 from __future__ import annotations
 
+from ..errors import ExfmInputError
+
 import contextlib
 import json
 import logging
@@ -62,7 +64,7 @@ MAX_CHUNK_ROWS = 1 << 16
 _INT_DTYPES = (np.int8, np.int16, np.int32, np.int64)
 
 
-class DayFileError(ValueError):
+class DayFileError(ExfmInputError):
     """A day file is malformed, of another schema version, or does not hold a column."""
 
 

@@ -10,6 +10,8 @@ sweeps (Figures 10-11) are written.
 """
 from __future__ import annotations
 
+from ..errors import ExfmInputError
+
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ DISTILL_KEYS = {"head_hidden_units", "head_activation", "adapter_hidden_units", 
                 "adapter_residual", "adapter_lr", "adapter_eps"}
 
 
-class GridError(ValueError):
+class GridError(ExfmInputError):
     """A grid file that cannot run; raised before any work starts."""
 
 
