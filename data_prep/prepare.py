@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,15 +31,19 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from exfm_plugin.contracts import SIZES, SOURCES
-from exfm_plugin.fsutil import atomic_dir
+from exfm_plugin.errors import InputError
+from exfm_plugin.fsutil import atomic_dir, atomic_file, sweep_stale_temps
 
 from . import readers
 from .encoding import FeatureEncoder, vocab_days as _vocab_days
 from .errors import DataFormatError
+from .policies import PolicyReport, apply_policies
 from .splits import N_DAYS, assign_days, domain_info, domain_of, save_domain_mapping
 
 logger = logging.getLogger(__name__)
 
+#: the smallest synthetic world (data_prep.synthetic.common.resolve_size)
+MIN_SYNTHETIC_ROWS = 1000
 #: The reader format the synthetic generator writes for each dataset.
 SYNTHETIC_FORMAT = {"taobaoad": "raw", "amazon": "raw", "kuaivideo": "bars"}
 
@@ -64,6 +69,11 @@ class PrepSummary:
     numeric_stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     input_files: dict[str, str] = field(default_factory=dict)
+    rows_read: int = 0
+    out_of_window_dropped: int = 0
+    time_window: str | None = None
+    duplicate_rows: int = 0
+    duplicates_dropped: int = 0
     total_rows: int = 0
     seconds: float = 0.0
 
@@ -100,24 +110,82 @@ def _rates(frame: pl.DataFrame, by: str, labels: list[str], keys: Iterable[Any])
     return {l: {k: (table[k][l] if k in table else None) for k in keys} for l in labels}
 
 
+def parse_vocab_days(text: str | None) -> str | list[int] | None:
+    """``--vocab-days`` as :func:`prepare` takes it: ``None``, ``"all"`` or a list of days 1..8."""
+    if text is None or text.strip() == "all":
+        return None if text is None else "all"
+    days = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            days.append(int(part))
+        except ValueError:
+            raise InputError(f"bad day {part.strip()!r}", where=f"--vocab-days {text}",
+                             expected=f"'all' or comma-separated days in 1..{N_DAYS}, e.g. 1,2,3,4") from None
+    return check_vocab_days(days, where=f"--vocab-days {text}")
+
+
+def check_vocab_days(days: Iterable[Any], *, where: str = "vocab_policy") -> list[int]:
+    """The days as ints; every one in 1..8, at least one."""
+    out = []
+    for d in days:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 1 <= int(d) <= N_DAYS:
+            raise InputError(f"day {d!r} is not a day of the split", where=where,
+                             expected=f"days in 1..{N_DAYS}")
+        out.append(int(d))
+    if not out:
+        raise InputError("no day given", where=where, expected=f"at least one day in 1..{N_DAYS}")
+    return out
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Refuse an output root that cannot hold the result, before any work: a file, a path below a
+    file, or a directory this user may not write."""
+    out = Path(out_dir)
+    probe = out
+    while not probe.exists():
+        if probe.is_symlink() or probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "--out " + str(out_dir) + ("" if probe == out else f" (its parent {probe} is a file)")
+        raise InputError("the output root is not a directory", where=where,
+                         expected="a directory, or a path that can be created as one")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{probe} is not writable", where=f"--out {out_dir}",
+                         expected="a directory this user may write")
+    return out
+
+
 def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, seed: int = 0,
             size: str | int = "tiny", vocab_policy: str | Iterable[int] | None = None,
-            dataset_id: str | None = None, drift: float = 1.0) -> PrepSummary:
+            dataset_id: str | None = None, drift: float = 1.0, drop_duplicates: bool = False) -> PrepSummary:
     """Prepare ``dataset`` from ``source`` files into 8 HDF5 day files under ``out_dir``.
 
     ``source="synthetic"`` first writes raw-format files with ``data_prep.synthetic``
     (into ``input_dir`` if given, else ``<out_dir>/raw/<dataset>``), then reads them with
     the same reader as real files. ``vocab_policy``: see :mod:`data_prep.encoding`.
+    Doubtful rows (outside the time window, exact duplicates) follow :mod:`data_prep.policies`.
+    Bad input of any kind raises :class:`exfm_plugin.errors.ExfmInputError` before anything
+    is written.
     """
     from exfm_plugin.data.dayfile import write_day_file  # the shared day-file writer
 
     start = time.perf_counter()
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
-    if not isinstance(size, int) and size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+        raise InputError(f"unknown source {source!r}", where="source", expected=f"one of {list(SOURCES)}")
+    if isinstance(size, bool) or not (isinstance(size, int) or size in SIZES):
+        raise InputError(f"unknown size {size!r}", where="size", expected=f"one of {list(SIZES)} or a number")
+    if isinstance(size, int) and size < MIN_SYNTHETIC_ROWS:
+        raise InputError(f"size {size} is too small", where="size",
+                         expected=f"at least {MIN_SYNTHETIC_ROWS} impressions")
+    if isinstance(vocab_policy, str):
+        vocab_policy = parse_vocab_days(vocab_policy)
+    if vocab_policy is not None and vocab_policy != "all":
+        vocab_policy = check_vocab_days(vocab_policy)
     dataset_id = dataset_id or f"{dataset}_{source}"
-    out = Path(out_dir)
+    out = check_out_dir(out_dir)
     fmt = source
     if source == "synthetic":
         from .synthetic import generate_raw
@@ -133,6 +201,7 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
 
     # ---- read and split: every parse error happens here, before anything is written
     result = readers.read(dataset, fmt, input_dir, seed=seed)
+    policy = apply_policies(result, where=str(input_dir), drop_duplicates=drop_duplicates)
     split = assign_days(result)
     frame = result.frame.with_columns(pl.Series("day", split.day, dtype=pl.Int8),
                                       pl.Series("example_id", np.arange(result.frame.height, dtype=np.int64)))
@@ -168,10 +237,12 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
 
     # ---- write into a temporary directory, then swap it in (atomic_dir: fsync'ed, renamed)
     out.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out)  # what killed runs of this or another prep left in the output root
     final = out / dataset_id
     with atomic_dir(final, replace=True) as tmp_dir:
         tmp = Path(tmp_dir)
         encoder.save(tmp)
+        _add_feature_map_notes(tmp / "feature_map.json", policy)
         if domains is not None:
             save_domain_mapping(tmp / "domains.json", domains)
         time_ranges: list[list[int] | None] = []
@@ -191,7 +262,7 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
                 attrs["split_note"] = split.split_note
             write_day_file(tmp / f"day_{d}.h5", cols, dataset_id=dataset_id, day=d, time_range=tr, attrs=attrs)
         summary = _summary(dataset, source, dataset_id, final, frame, result, split, policy_days, encoder,
-                           domains, time_ranges)
+                           domains, time_ranges, policy)
         summary.seconds = time.perf_counter() - start
         (tmp / "prep_summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     logger.info("prepared %s: %d rows in %.1f s", dataset_id, summary.total_rows, summary.seconds)
@@ -200,7 +271,7 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
 
 def _summary(dataset: str, source: str, dataset_id: str, final: Path, frame: pl.DataFrame,
              result: readers.ReadResult, split: Any, policy_days: tuple[int, ...], encoder: FeatureEncoder,
-             domains: dict | None, time_ranges: list) -> PrepSummary:
+             domains: dict | None, time_ranges: list, policy: PolicyReport) -> PrepSummary:
     day_keys = list(range(1, N_DAYS + 1))
     rows = frame.group_by("day").len()
     rows_map = dict(rows.iter_rows())
@@ -211,8 +282,10 @@ def _summary(dataset: str, source: str, dataset_id: str, final: Path, frame: pl.
         label_rate_per_day={l: [rates[l][d] for d in day_keys] for l in result.labels},
         time_range_per_day=time_ranges, split_method=split.method, split_note=split.split_note,
         vocab_days=list(policy_days), vocab_sizes=encoder.describe()["vocab_sizes"],
-        numeric_stats=encoder.describe()["numeric_stats"], notes=list(result.notes),
-        input_files=dict(result.files), total_rows=frame.height)
+        numeric_stats=encoder.describe()["numeric_stats"], notes=list(result.notes) + policy.notes,
+        input_files=dict(result.files), rows_read=policy.rows_read, out_of_window_dropped=policy.out_of_window,
+        time_window=policy.window[0] if policy.window else None, duplicate_rows=policy.duplicates,
+        duplicates_dropped=policy.duplicates_dropped, total_rows=frame.height)
     if domains is not None:
         keys = list(range(domains["n_domains"]))
         drates = _rates(frame, "domain", result.labels, keys)
@@ -221,3 +294,15 @@ def _summary(dataset: str, source: str, dataset_id: str, final: Path, frame: pl.
     if len(result.labels) > 1:
         summary.tasks = list(result.labels)
     return summary
+
+
+def _add_feature_map_notes(path: Path, policy: PolicyReport) -> None:
+    """Record what the data policies did in feature_map.json's ``notes`` (fuxictr's FeatureMap
+    ignores keys it does not know), so whoever trains on the data sees it."""
+    fmap = json.loads(path.read_text())
+    fmap["notes"] = list(fmap.get("notes", [])) + [
+        f"rows read {policy.rows_read}; outside the time window dropped {policy.out_of_window}"
+        + (f" ({policy.window[0]})" if policy.window else " (no documented window)"),
+        f"exact duplicate rows {policy.duplicates}; dropped {policy.duplicates_dropped}"]
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps(fmap, separators=(",", ":")))

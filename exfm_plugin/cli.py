@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Sequence
 
 from .contracts import DATASETS, SIZES, SOURCES
+from .errors import EXIT_INPUT, format_input_error, is_input_error
 
 
 def _add_prep(sub: argparse._SubParsersAction) -> None:
@@ -32,22 +34,18 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-days", default=None,
                    help="days the vocabulary is fitted on: 'all' or e.g. '1,2,3,4' (default days 1..4)")
     p.add_argument("--dataset-id", default=None, help="name of the output dataset (default <dataset>_<source>)")
+    p.add_argument("--drop-duplicates", action="store_true",
+                   help="drop exact duplicate rows (default: keep them; they are counted and reported)")
     p.set_defaults(func=_run_prep)
 
 
 def _run_prep(args: argparse.Namespace) -> int:
-    from data_prep.errors import DataFormatError
-    from data_prep.prepare import prepare
+    from data_prep.prepare import parse_vocab_days, prepare
 
-    policy = args.vocab_days
-    if policy not in (None, "all"):
-        policy = [int(x) for x in policy.split(",") if x.strip()]
-    try:
-        summary = prepare(args.dataset, args.source, args.input, args.out, seed=args.seed, size=args.size,
-                          vocab_policy=policy, dataset_id=args.dataset_id)
-    except DataFormatError as e:
-        print(f"exfm prep: bad input: {e}", file=sys.stderr)
-        return 2
+    # bad input (DataFormatError, a bad --out) raises ExfmInputError: main() prints one line, exit 2
+    summary = prepare(args.dataset, args.source, args.input, args.out, seed=args.seed, size=args.size,
+                      vocab_policy=parse_vocab_days(args.vocab_days), dataset_id=args.dataset_id,
+                      drop_duplicates=args.drop_duplicates)
     print(summary.table())
     return 0
 
@@ -83,7 +81,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except Exception as exc:  # bad input -> one line, exit 2; any other exception is a bug: traceback
+        if not is_input_error(exc):
+            raise
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(format_input_error(_command_name(args), exc), file=sys.stderr)
+        return EXIT_INPUT
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``prep``, ``das publish``, ``run``...: the command as the user typed it."""
+    sub = getattr(args, "das_command", None) if args.command == "das" else None
+    return f"{args.command} {sub}" if sub else str(args.command)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ directory whole or not at all, so nothing is written in place:
 * When the ``with`` block succeeds, the temp is made durable and renamed into place. When it
   raises (or the process dies), the target is untouched; on an exception the temp is removed.
   A killed process can leave a temp behind: names start with ``.`` and end with ``.tmp`` so
-  listings skip them and a sweeper can find them.
+  listings skip them, and carry the writer's host tag and pid
+  (``.<name>.<host>-<pid>-<random>.tmp``) so :func:`sweep_stale_temps` can remove those of dead
+  processes. Every :func:`atomic_dir` sweeps its parent first (prep outputs, the artifact store,
+  the snapshot store); a temp of a live process or of another host is never touched.
 
 The fsync policy, one for every writer: **every file's data is fsync'ed after the caller has
 closed it and before the rename; every directory of a temp tree is fsync'ed before the rename;
@@ -21,15 +24,26 @@ survive one. (fsync of a directory is best effort: some file systems refuse it.)
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import os
+import re
 import secrets
 import shutil
+import socket
 from collections.abc import Iterator
 
-__all__ = ["TEMP_SUFFIX", "atomic_dir", "atomic_file", "fsync_dir", "fsync_file", "fsync_tree", "is_temp_name"]
+__all__ = ["TEMP_SUFFIX", "atomic_dir", "atomic_file", "fsync_dir", "fsync_file", "fsync_tree", "is_temp_name",
+           "pid_alive", "sweep_stale_temps", "temp_owner"]
+
+logger = logging.getLogger(__name__)
 
 #: every temp name ends with this (and starts with ``.``)
 TEMP_SUFFIX = ".tmp"
+#: this host's tag in temp names: a pid only says something about processes of the same host
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_OLD_RE = re.compile(r"^\.(?P<target>.+)\.old\.[0-9a-f]{6}-\d+-[0-9a-f]{8}\.tmp$")
+_OWNER_RE = re.compile(r"\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 
 
 def fsync_file(path: str | os.PathLike) -> None:
@@ -63,12 +77,52 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
+def temp_owner(name: str) -> tuple[str, int] | None:
+    """``(host tag, pid)`` of the process that made the temp ``name``; ``None`` for other names."""
+    m = _OWNER_RE.search(name) if is_temp_name(name) else None
+    return (m["host"], int(m["pid"])) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temps(directory: str | os.PathLike) -> list[str]:
+    """Remove the temps in ``directory`` whose writer (this host, by pid) is dead; returns their
+    paths. Safe beside live writers: their pid is alive, so their temps stay."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(directory):
+            owner = temp_owner(entry.name)
+            if owner is None or owner[0] != HOST_TAG or owner[1] == os.getpid() or pid_alive(owner[1]):
+                continue
+            old = _OLD_RE.match(entry.name)
+            if old and not os.path.lexists(os.path.join(directory, old["target"])):
+                continue  # killed between atomic_dir's two renames: the old tree is all there is; keep it
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(entry.path)
+            removed.append(entry.path)
+    if removed:
+        logger.info("removed %d stale temporaries of dead processes in %s", len(removed), directory)
+    return removed
+
+
 def _make_temp(parent: str, prefix: str, *, directory: bool) -> str:
     """A new empty file or directory ``<parent>/<prefix><random>.tmp``, with the permissions the
     umask gives (as ``open``/``os.makedirs`` do; ``tempfile`` would make it private to this user,
     and other DAS hosts or users read these files)."""
     while True:
-        path = os.path.join(parent, f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        path = os.path.join(parent, f"{prefix}{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
         try:
             if directory:
                 os.mkdir(path)
@@ -129,6 +183,7 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[st
     target, parent, prefix = _parent_and_prefix(path)
     if not replace and os.path.lexists(target):
         raise FileExistsError(f"{target} already exists; not replaced")
+    sweep_stale_temps(parent)
     tmp = _make_temp(parent, prefix, directory=True)
     old: str | None = None
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..contracts.records import RecordError
 
@@ -26,7 +27,12 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_report(args: argparse.Namespace) -> int:
     """CLI body of ``exfm report``: 0 on success, 2 on a bad or missing records file."""
     from .build import build_report  # polars/scipy/matplotlib only when the command runs
+    from .load import expand_paths
 
+    for path in args.records:  # an empty folder is a wrong path, not an empty report
+        if Path(path).is_dir() and not expand_paths([path]):
+            raise RecordError(f"no records in folder {path}: it holds no records.jsonl, *.jsonl or records/*.jsonl; "
+                              "expected the results directory of `exfm run` or a records .jsonl file")
     try:
         paths = build_report(args.records, args.out, getattr(args, "reference", "benchmarks/reference"))
     except (RecordError, FileNotFoundError) as e:
