@@ -174,15 +174,37 @@ def _run_publish(args: argparse.Namespace) -> int:
     params.setdefault("optimizer", "adam")
     params.setdefault("loss", "binary_crossentropy")
     params.setdefault("metrics", ["logloss", "AUC"])
-    state = torch.load(args.weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = _load_weights(args.weights)
     model, _ = rebuild_model(params, dataset_id, args.feature_map_dir, state,
                              weights_name=f"--weights {args.weights}", params_name="--model-params")
     info = SnapshotStore(args.snapshots, keys=keys).publish(model, model_params=params, feature_map_dir=args.feature_map_dir,
                                                  trained_through_day=args.day, snapshot_id=args.snapshot_id)
     print(json.dumps({"snapshot_id": info.snapshot_id, "snapshots": os.path.abspath(args.snapshots)}))
     return 0
+
+
+def _load_weights(path: str) -> dict:
+    """The state_dict in ``path`` (a state_dict .pt or a fuxictr checkpoint); a file that is not
+    one is the user's error (InputError naming it), whatever torch's loader raised."""
+    import torch
+
+    from ..errors import InputError
+
+    expected = "a torch state_dict (torch.save(model.state_dict(), PATH)) or a fuxictr .model checkpoint"
+    if not os.path.isfile(path):
+        raise InputError("weights file not found" if not os.path.exists(path) else "weights path is not a file",
+                         where=f"--weights {path}", expected=expected)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, IndexError... on garbage
+        raise InputError(f"not a loadable torch file (torch.load raised {type(exc).__name__})",
+                         where=f"--weights {path}", expected=expected) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"the file holds a {type(state).__name__}, not a state_dict of tensors",
+                         where=f"--weights {path}", expected=expected)
+    return state
 
 
 # --------------------------------------------------------------------------- run
