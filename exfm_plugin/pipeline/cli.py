@@ -19,7 +19,21 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vm-schedule", default=None, choices=["day", "stream"],
                    help="how VMs train (overrides the grid): 'day' = a fresh VM on day 5+r (the paper's "
                         "public protocol), 'stream' = one VM continued day by day from day 1")
-    p.add_argument("--engine", default="inproc", choices=["inproc", "ray"], help="DAS inference engine")
+    p.add_argument("--engine", default="inproc", choices=["inproc", "ray"],
+                   help="how the grid's steps run: 'inproc' = one after another in this process, 'ray' = "
+                        "as Ray tasks on a local Ray or the cluster at --address (docs/scale_out.md)")
+    p.add_argument("--das-engine", default="inproc", choices=["inproc", "ray"],
+                   help="how a DAS step runs FM inference: in its process, or on a Ray Data actor pool")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="--engine ray: join this Ray cluster (e.g. HEAD_IP:6379 or 'auto'); default: start a "
+                        "local Ray")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="--engine ray, local Ray: steps run at once (default: one per core / --cpus-per-step)")
+    p.add_argument("--cpus-per-step", type=float, default=1.0, metavar="N",
+                   help="--engine ray: CPUs each step asks for (also its torch threads)")
+    p.add_argument("--gpus-per-step", type=float, default=0.0, metavar="N",
+                   help="--engine ray: GPUs each step asks for (0.5: two steps share a GPU); > 0 trains on the "
+                        "GPU Ray assigns, so leave --device at cpu")
     p.add_argument("--work", default="work", metavar="DIR", help="artifact directory (reused across runs)")
     p.add_argument("--results", default="results", metavar="DIR", help="records directory")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -41,6 +55,11 @@ def run_run(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(args.threads)
         check_device(args.device)
+        if args.engine == "ray" and args.device != "cpu":
+            raise GridError(f"--device {args.device}: with --engine ray each step gets its GPU from Ray; "
+                            f"use --gpus-per-step instead")
+        if args.engine != "ray" and (args.address or args.workers):
+            raise GridError("--address and --workers are options of --engine ray")
         grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size,
                            vm_schedule=args.vm_schedule) for path in args.grid]
     except GridError as exc:
@@ -48,8 +67,15 @@ def run_run(args: argparse.Namespace) -> int:
         return 2
     status = 0
     for grid in grids:
-        summary = run_grid(grid, args.work, args.results, device=args.device, engine=args.engine,
-                           progress=not args.no_progress)
+        if args.engine == "ray":
+            from .ray_engine import run_grid_ray
+
+            summary = run_grid_ray(grid, args.work, args.results, address=args.address, workers=args.workers,
+                                   cpus_per_step=args.cpus_per_step, gpus_per_step=args.gpus_per_step,
+                                   das_engine=args.das_engine, progress=not args.no_progress)
+        else:
+            summary = run_grid(grid, args.work, args.results, device=args.device, das_engine=args.das_engine,
+                               progress=not args.no_progress)
         print(f"grid {summary.grid}: {summary.ok} cells ok, {summary.failed} failed, {summary.skipped} already "
               f"done, {summary.seconds:.0f} s -> {summary.records_path}")
         for failure in summary.failures:

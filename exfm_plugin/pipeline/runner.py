@@ -137,27 +137,40 @@ def _record_base(grid: Grid, prep: PreparedData, cell: Cell, kind: str) -> dict:
         "fm_frozen_after_day": cell.fm_frozen_after_day,
         "fm_staleness_days": cell.train_day - 1 - cell.fm_through_day,
         "vm_schedule": cell.vm_schedule, "feature_gap": list(cell.feature_gap),
+        **({"hparams": dict(cell.hparams)} if cell.hparams and kind == "vm" else {}),
     }
 
 
-def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *, device: str = "cpu",
-             engine: str = "inproc", progress: bool = True) -> RunSummary:
-    """Run every cell of ``grid`` not yet recorded; returns counts and the records path."""
-    check_device(device)
-    if engine not in ("inproc", "ray"):
-        raise GridError(f"--engine {engine!r}: expected 'inproc' or 'ray'")
-    start = time.perf_counter()
-    ctx = Context(grid, ArtifactStore(Path(work_dir) / "artifacts"), device, engine, progress)
-    writer = RecordWriter(Path(results_dir) / "records" / f"{grid.name}.jsonl")
-    summary = RunSummary(grid.name, str(writer.path))
-    done = writer.done_cells()
+def grid_jobs(grid: Grid) -> list[tuple[str, Cell]]:
+    """Every record the grid produces, as (kind, cell): one per VM cell, then one per FM (teacher,
+    seed, round, freeze day, unit, schedule) that labels a VM; both engines run this list."""
     cells = expand_cells(grid)
     fm_cells = list({(c.teacher, c.seed, c.round, c.fm_frozen_after_day, c.domain, c.task, c.vm_schedule):
                      Cell(c.teacher, "", "fm", 1.0, 1.0, 1.0, c.round, c.seed, c.fm_frozen_after_day,
                           c.domain, c.task, vm_schedule=c.vm_schedule)
                      for c in cells if c.method != "none"}.values())
+    return [("vm", c) for c in cells] + [("fm", c) for c in fm_cells]
+
+
+def run_job(ctx: Context, prep: PreparedData, kind: str, cell: Cell) -> dict:
+    """One record's measured fields (its steps built on the way, or read when done)."""
+    return run_cell(ctx, prep, cell) if kind == "vm" else run_fm_record(ctx, prep, cell)
+
+
+def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *, device: str = "cpu",
+             das_engine: str = "inproc", progress: bool = True) -> RunSummary:
+    """Run every cell of ``grid`` not yet recorded, in this process; returns counts and the
+    records path. ``das_engine``: how DAS steps run FM inference (``inproc`` or ``ray``)."""
+    check_device(device)
+    if das_engine not in ("inproc", "ray"):
+        raise GridError(f"--das-engine {das_engine!r}: expected 'inproc' or 'ray'")
+    start = time.perf_counter()
+    ctx = Context(grid, ArtifactStore(Path(work_dir) / "artifacts"), device, das_engine, progress)
+    writer = RecordWriter(Path(results_dir) / "records" / f"{grid.name}.jsonl")
+    summary = RunSummary(grid.name, str(writer.path))
+    done = writer.done_cells()
     prep = prep_stage(ctx)
-    jobs = [("vm", c) for c in cells] + [("fm", c) for c in fm_cells]
+    jobs = grid_jobs(grid)
     for kind, cell in tqdm(jobs, desc=f"grid {grid.name}", unit="cell", disable=not progress):
         cid = cell_id(grid, cell)
         if cid in done:
@@ -166,7 +179,7 @@ def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *
         base = {**_record_base(grid, prep, cell, kind), "cell_id": cid, "config_hash": cid}
         cell_start = time.perf_counter()
         try:
-            measured = run_cell(ctx, prep, cell) if kind == "vm" else run_fm_record(ctx, prep, cell)
+            measured = run_job(ctx, prep, kind, cell)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the others go on
