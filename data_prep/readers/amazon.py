@@ -17,6 +17,7 @@ Two sources:
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import logging
 from pathlib import Path
@@ -52,6 +53,22 @@ def feature_specs(max_len: int = MAX_LEN) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------- raw
+def _utf8_error(path: Path, err: UnicodeDecodeError) -> DataFormatError:
+    """The first line of ``path`` (gzip or plain) that is not UTF-8, as a DataFormatError."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            for row, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return DataFormatError(f"byte {raw[e.start:e.start + 1]!r} at column {e.start + 1} is not "
+                                           "UTF-8", path=path, row=row, expected="UTF-8 text (JSON lines)")
+    except (OSError, EOFError):
+        pass
+    return DataFormatError(f"not UTF-8 ({err.reason} at byte {err.start})", path=path, expected="UTF-8 text")
+
+
 def _json_lines_error(path: Path, fields: dict[str, pl.DataType], err: BaseException) -> DataFormatError:
     """Find the first line that is not a JSON object with ``fields`` of the right type."""
     kinds = {pl.String: str, pl.Int64: int}
@@ -75,6 +92,8 @@ def _json_lines_error(path: Path, fields: dict[str, pl.DataType], err: BaseExcep
                     if not ok or isinstance(value, bool):
                         return DataFormatError("wrong type", path=path, column=name, row=row, value=value,
                                                expected=want.__name__)
+    except UnicodeDecodeError as e:
+        return _utf8_error(path, e)
     except (OSError, EOFError) as e:
         return DataFormatError(f"truncated or corrupt file ({e})", path=path, expected="a complete gzip/JSON file")
     return DataFormatError(f"cannot read the file: {err}", path=path, expected="JSON lines")
@@ -136,6 +155,8 @@ def read_meta(path: Path) -> pl.DataFrame:
                                           expected="a dict with 'asin' and 'categories'")
                 items.append(str(obj["asin"]))
                 cates.append(_category_of(obj))
+    except UnicodeDecodeError as e:
+        raise _utf8_error(path, e) from e
     except (OSError, EOFError) as e:
         raise DataFormatError(f"truncated or corrupt file ({e})", path=path,
                               expected="a complete gzip file") from e
