@@ -1,39 +1,47 @@
-"""Experiment configs in FuxiCTR's YAML format, kept in two directories.
+"""Experiment configs in FuxiCTR's YAML format.
 
-fuxictr's own ``load_config(config_dir, expid)`` expects the model and the dataset configs in
-one directory; this project keeps ``yaml_configs/models`` (``model_config/*.yaml``: ``Base`` +
-one block per expid) apart from ``yaml_configs/datasets`` (``dataset_config.yaml``), so this
-module calls fuxictr's two loaders separately and merges them the way fuxictr does (dataset
-keys override model keys).
+The shipped config folder (``exfm_plugin/yaml_configs/models``) has FuxiCTR's own layout,
+``model_config/*.yaml`` (``Base`` + one block per expid) beside ``dataset_config.yaml``, so
+``fuxictr.utils.load_config(config_dir, expid)`` reads it. ``load_experiment`` calls fuxictr's
+two loaders and merges them the way fuxictr does (dataset keys override model keys), with an
+optional separate dataset folder.
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from fuxictr.utils import load_dataset_config, load_model_config
 
 from .models import MODEL_REGISTRY
+from .resources import config_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# the shipped folders under their historical names (``yaml_configs/...``, a source checkout's layout)
+_SHIPPED = {"yaml_configs/models": config_dir, "yaml_configs/datasets": config_dir}
 
 
-def _config_dir(path: str) -> str:
-    """A relative config dir is looked up in the working directory, then in the repository
-    root, so the defaults work from any working directory of a source checkout."""
-    if os.path.isabs(path) or os.path.isdir(path):
+def _config_dir(path: str | os.PathLike | None) -> str:
+    """``None`` (or the historical default names) is the shipped config folder; any other
+    path is used as given and must exist."""
+    if path is None:
+        return str(config_dir())
+    path = os.fspath(path)
+    if os.path.isdir(path):
         return path
-    candidate = REPO_ROOT / path
-    if candidate.is_dir():
-        return str(candidate)
-    raise FileNotFoundError(f"config dir {path!r} not found in {os.getcwd()} nor in {REPO_ROOT}")
+    shipped = _SHIPPED.get(path.rstrip("/"))
+    if shipped is not None:
+        return str(shipped())
+    raise FileNotFoundError(f"config dir {path!r} not found (relative to {os.getcwd()}); expected a folder "
+                            f"with model_config/*.yaml or model_config.yaml")
 
 
-def load_experiment(expid: str, model_dir: str = "yaml_configs/models",
-                    dataset_dir: str = "yaml_configs/datasets") -> dict:
-    """Params of one expid: ``Base`` + the expid block, then its dataset's block on top."""
-    params = load_model_config(_config_dir(model_dir), expid)
-    params.update(load_dataset_config(_config_dir(dataset_dir), params["dataset_id"]))
+def load_experiment(expid: str, model_dir: str | os.PathLike | None = None,
+                    dataset_dir: str | os.PathLike | None = None) -> dict:
+    """Params of one expid: ``Base`` + the expid block, then its dataset's block on top.
+    Both folders default to the shipped config folder; ``dataset_dir`` defaults to ``model_dir``."""
+    model_dir = _config_dir(model_dir)
+    params = load_model_config(model_dir, expid)
+    params.update(load_dataset_config(_config_dir(dataset_dir) if dataset_dir is not None else model_dir,
+                                      params["dataset_id"]))
     return params
 
 

@@ -6,23 +6,31 @@ A grid file names its data (``dataset``, ``source``, ``size``), the protocol (``
 config files; a cell here crosses a teacher model with a student model, so the expansion is
 done here, with the same semantics (scalars are fixed, lists are crossed). ``tuner_space`` may
 also be a list of such blocks, whose expansions are concatenated: that is how one-at-a-time
-sweeps (Figures 10-11) are written.
+sweeps (Figures 10-11) are written. A ``tuner_space`` key that is not a cell or distillation
+key is a hyperparameter of the student (VM) model, crossed like the others
+(``embedding_dim: [8, 16]``); the FM's come from ``model_overrides``.
+
+The file's schema is a pydantic model; every error (bad YAML, a tab, a wrong type, an unknown
+key, with its close matches) is a :class:`GridError` naming the file and the key.
 """
 from __future__ import annotations
 
-from ..errors import ExfmInputError
-
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Union
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StrictStr, ValidationError,
+                      field_validator, model_validator)
 
 from ..contracts import BARS_DATASET_IDS, DATASETS, FM_TRAINING, METHODS, SIZES, SOURCES, VM_SCHEDULES
 from ..distill.config import DistillConfig
+from ..errors import ExfmInputError
 from ..models import MODEL_REGISTRY
+from ..resources import resolve_grid
+from .model_keys import describe_unknown, shipped_value, unknown_keys
 
 MODES = ("single", "domains", "tasks")
 STUDENTS = ("FM", "FmFM", "DeepFM")
@@ -40,11 +48,6 @@ REAL_FILES = {
     ("kuaivideo", "bars"): [("train.csv",), ("test.csv",), ("item_visual_emb_dim64.h5",)],
 }
 
-GRID_KEYS = {
-    "grid", "description", "dataset", "source", "real_source", "size", "drift", "data_seed", "mode",
-    "rounds", "fm_training", "fm_epochs", "vm_epochs", "vm_schedule", "vm_drop_features", "seeds",
-    "base_config", "model_overrides", "tasks", "domains", "tuner_space",
-}
 CELL_KEYS = {"teacher", "student", "method", "label_scale", "grad_scale", "loss_weight",
              "fm_frozen_after_day", "vm_schedule"}
 DISTILL_KEYS = {"head_hidden_units", "head_activation", "adapter_hidden_units", "adapter_input",
@@ -55,9 +58,18 @@ class GridError(ExfmInputError):
     """A grid file that cannot run; raised before any work starts."""
 
 
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One evaluated VM: a (teacher, student, method, scales) choice in one round and seed."""
+    """One evaluated VM: a (teacher, student, method, scales) choice in one round and seed;
+    ``hparams`` are the student's hyperparameters crossed by the tuner_space (sorted pairs)."""
 
     teacher: str
     student: str
@@ -73,6 +85,7 @@ class Cell:
     distill: tuple[tuple[str, Any], ...] = ()
     vm_schedule: str = "day"
     feature_gap: tuple[str, ...] = ()
+    hparams: tuple[tuple[str, Any], ...] = ()
 
     @property
     def train_day(self) -> int:
@@ -104,38 +117,186 @@ class Cell:
     def multitask_teacher(self) -> bool:
         return self.teacher in MULTITASK_TEACHERS
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The fields that name the cell (its id hashes them); ``hparams`` only when set, so
+        the ids of grids without hyperparameter crossing are those they always had."""
+        fields = dict(self.__dict__)
+        if not self.hparams:
+            fields.pop("hparams")
+        return fields
+
     def distill_config(self, fm_pred_column: str) -> DistillConfig:
         return DistillConfig(method=self.method, label_scale=self.label_scale, grad_scale=self.grad_scale,
                              loss_weight=self.loss_weight, fm_pred_column=fm_pred_column, **dict(self.distill))
 
 
-@dataclass
-class Grid:
+def _check_choices(name: str, value: Any, choices) -> Any:
+    for v in _as_list(value):
+        if v not in choices:
+            raise ValueError(f"{name}={v!r} is not one of {list(choices)}")
+    return value
+
+
+Number = float  # strict: an int is accepted (as a float), a string or a bool is refused
+OneOrMany = Union[Any, list]
+
+
+class TunerBlock(BaseModel):
+    """One ``tuner_space`` block: lists are crossed, scalars fixed; keys beyond the cell and
+    distillation keys are the student's hyperparameters (checked in :class:`Grid`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    teacher: Union[StrictStr, list[StrictStr]]
+    student: Union[StrictStr, list[StrictStr]]
+    method: Union[StrictStr, list[StrictStr]]
+    label_scale: Union[Number, list[Number]] = 1.0
+    grad_scale: Union[Number, list[Number]] = 1.0
+    loss_weight: Union[Number, list[Number]] = 1.0
+    fm_frozen_after_day: Union[StrictInt, None, list[Union[StrictInt, None]]] = None
+    vm_schedule: Union[StrictStr, list[StrictStr], None] = None
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data, handler):
+        block = handler(data)
+        block._order = list(data) if isinstance(data, dict) else []
+        return block
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher(cls, v):
+        return _check_choices("teacher", v, TEACHERS)
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v):
+        return _check_choices("student", v, STUDENTS)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v):
+        return _check_choices("method", v, METHODS)
+
+    @field_validator("vm_schedule")
+    @classmethod
+    def _schedule(cls, v):
+        return v if v is None else _check_choices("vm_schedule", v, VM_SCHEDULES)
+
+    @field_validator("fm_frozen_after_day")
+    @classmethod
+    def _frozen(cls, v):
+        for d in _as_list(v):
+            if d is not None and d not in range(1, 8):
+                raise ValueError(f"fm_frozen_after_day={d!r} must be a day in 1..7 or null")
+        return v
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The student hyperparameters of the block (keys not known as cell/distill keys)."""
+        return {k: v for k, v in (self.model_extra or {}).items() if k not in DISTILL_KEYS}
+
+    def as_space(self) -> dict[str, Any]:
+        """The block as written (defaults left out), in the file's key order."""
+        values = self.model_dump(exclude_unset=True)
+        return {k: values[k] for k in self._order if k in values}
+
+
+class Grid(BaseModel):
     """A validated grid file."""
 
-    name: str
-    path: str
-    dataset: str
-    source: str = "synthetic"
-    real_source: str = "raw"
-    size: str = "tiny"
-    drift: float = 1.0
-    data_seed: int = 0
-    mode: str = "single"
-    rounds: list[int] = field(default_factory=lambda: [0])
-    fm_training: str = "stream"
-    fm_epochs: int = 1
-    vm_epochs: int = 1
-    vm_schedule: str = "day"
-    vm_drop_features: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    base_config: str = "yaml_configs/models"
-    model_overrides: dict[str, dict] = field(default_factory=dict)
-    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
-    domains: list[str] = field(default_factory=lambda: ["0", "1", "2"])
-    tuner_space: list[dict[str, Any]] = field(default_factory=list)
-    description: str = ""
-    data_root: str | None = None
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
+
+    name: StrictStr
+    path: StrictStr
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
+    source: Literal[SOURCES] = "synthetic"  # type: ignore[valid-type]
+    real_source: Literal["raw", "bars"] = "raw"
+    size: Union[StrictStr, StrictInt] = "tiny"
+    drift: Number = 1.0
+    data_seed: StrictInt = 0
+    mode: Literal[MODES] = "single"  # type: ignore[valid-type]
+    rounds: list[StrictInt] = Field(default_factory=lambda: [0])
+    fm_training: Literal[FM_TRAINING] = "stream"  # type: ignore[valid-type]
+    fm_epochs: StrictInt = 1
+    vm_epochs: StrictInt = 1
+    vm_schedule: Literal[VM_SCHEDULES] = "day"  # type: ignore[valid-type]
+    vm_drop_features: list[StrictStr] = Field(default_factory=list)
+    seeds: list[StrictInt] = Field(default_factory=lambda: [0])
+    base_config: StrictStr | None = None
+    model_overrides: dict[StrictStr, dict[StrictStr, Any]] = Field(default_factory=dict)
+    tasks: list[StrictStr] = Field(default_factory=lambda: list(DEFAULT_TASKS))
+    domains: list[StrictStr] = Field(default_factory=lambda: ["0", "1", "2"])
+    tuner_space: list[TunerBlock]
+    description: StrictStr = ""
+    data_root: StrictStr | None = None
+
+    @field_validator("vm_drop_features", mode="before")
+    @classmethod
+    def _drop(cls, v):
+        if not isinstance(v, list) or not all(isinstance(f, str) for f in v):
+            raise ValueError(f"vm_drop_features={v!r} must be a list of feature names")
+        return v
+
+    @field_validator("fm_epochs", "vm_epochs", mode="before")
+    @classmethod
+    def _epochs(cls, v, info):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{info.field_name}={v!r} must be a whole number >= 1")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v):
+        if not v:
+            raise ValueError("seeds gives no seed; a grid needs at least one")
+        return v
+
+    @field_validator("rounds")
+    @classmethod
+    def _rounds(cls, v):
+        return _check_choices("round", v, (0, 1, 2))
+
+    @field_validator("tuner_space")
+    @classmethod
+    def _space(cls, v):
+        if not v:
+            raise ValueError("tuner_space is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Grid":
+        if self.source == "synthetic" and isinstance(self.size, str):
+            _check_choices("size", self.size, SIZES)
+        if isinstance(self.size, int) and self.size < 1:
+            raise ValueError(f"size={self.size!r} must be a number of impressions >= 1 or one of {list(SIZES)}")
+        if self.mode == "domains" and self.dataset != "taobaoad":
+            raise ValueError(f"mode 'domains' is defined for taobaoad (new_user_class_level), not {self.dataset}")
+        if self.mode == "tasks" and self.dataset != "kuaivideo":
+            raise ValueError(f"mode 'tasks' is defined for kuaivideo, not {self.dataset}")
+        if self.mode == "tasks":
+            for t in self.tasks:
+                _check_choices("task", t, DEFAULT_TASKS)
+        for block in self.tuner_space:
+            for v in _as_list(block.vm_schedule or self.vm_schedule):
+                if v == "stream" and self.vm_epochs != 1:
+                    raise ValueError("vm_schedule 'stream' trains one pass per day; vm_epochs must be 1")
+        self._check_model_keys()
+        return self
+
+    def _check_model_keys(self) -> None:
+        """Every override and tuner_space hyperparameter is a key its model accepts."""
+        used = {t for b in self.tuner_space for t in _as_list(b.teacher)} | \
+               {s for b in self.tuner_space for s in _as_list(b.student)}
+        for name, overrides in self.model_overrides.items():
+            if name != "all" and name not in MODEL_REGISTRY:
+                raise ValueError(f"model_overrides names unknown model {name!r}; known: all, {sorted(MODEL_REGISTRY)}")
+            models = sorted(used) if name == "all" else [name]
+            _check_hparams(f"model_overrides.{name}", models, overrides, crossed=False)
+        for i, block in enumerate(self.tuner_space):
+            _check_hparams(f"tuner_space[{i}]", _as_list(block.student), block.hparams, crossed=True)
 
     @property
     def bars_dataset_id(self) -> str:
@@ -146,116 +307,154 @@ class Grid:
         return self.real_source if self.data_root else self.source
 
 
-def _as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+def _check_hparams(where: str, models: list[str], values: Mapping[str, Any], crossed: bool) -> None:
+    unknown = unknown_keys(models, values)
+    if unknown:
+        kind = "tuner_space key(s)" if crossed else "model_overrides key(s)"
+        known = f"; the cell keys are {sorted(CELL_KEYS)}, the distillation keys {sorted(DISTILL_KEYS)}" \
+            if crossed else ""
+        raise ValueError(f"{where}: unknown {kind} {describe_unknown(unknown)}: not a hyperparameter of "
+                         f"{'/'.join(models)} (its constructor, its BARS configs or fuxictr's Base keys){known}")
+    for key, value in values.items():
+        for v in (_as_list(value) if crossed else [value]):
+            ref = next((r for r in (shipped_value(m, key) for m in models) if r is not None), None)
+            if isinstance(ref, (int, float)) and not isinstance(ref, bool) and isinstance(v, str):
+                raise ValueError(f"{where}.{key}={v!r}: expected a number like {ref!r} (YAML reads 1e-3 as a "
+                                 f"string; write 1.0e-3)")
+            if isinstance(ref, list) and not isinstance(v, (list, type(None))) and not crossed:
+                raise ValueError(f"{where}.{key}={v!r}: expected a list like {ref!r}")
 
 
-def _check_choice(name: str, value: Any, choices, path: str) -> None:
-    if value not in choices:
-        raise GridError(f"{path}: {name}={value!r} is not one of {list(choices)}")
+FILE_KEYS = (set(Grid.model_fields) - {"name", "path", "data_root"}) | {"grid"}
+GRID_KEYS = FILE_KEYS
+
+
+_TYPE_TAGS = ("int", "float", "str", "bool", "none", "list", "dict", "function", "constrained", "literal")
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """The error's location without pydantic's union-member tags (``int``, ``list[str]``, ...)."""
+    return tuple(p for p in loc if isinstance(p, int) or not (p.startswith(_TYPE_TAGS) and
+                                                            (p in _TYPE_TAGS or "[" in p or "-" in p)))
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _format_errors(path: str, errors: list[Mapping[str, Any]]) -> str:
+    """One message per location: ``file: key=value: expected ...`` (union alternatives joined)."""
+    grouped: dict[tuple, list[Mapping[str, Any]]] = {}
+    for err in errors:
+        grouped.setdefault(_clean_loc(err["loc"]), []).append(err)
+    lines = []
+    for loc, errs in grouped.items():
+        where = _where(loc)
+        value_errors = [e for e in errs if e["type"] == "value_error"]
+        if value_errors:  # our validators' messages already name the key and value
+            msg = value_errors[0]["msg"].removeprefix("Value error, ")
+            leaf = str(loc[-1]) if loc and not isinstance(loc[-1], int) else ""
+            lines.append(f"{path}: {msg}" + (f" (at {where})" if where and leaf not in msg else ""))
+        elif errs[0]["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown grid key {where!r}; known: {sorted(FILE_KEYS)}")
+        elif errs[0]["type"] == "missing":
+            lines.append(f"{path}: missing key {where!r}")
+        else:
+            expected = " or ".join(dict.fromkeys(
+                f"one of [{e['ctx']['expected']}]" if e["type"] == "literal_error"
+                else e["msg"].removeprefix("Input should be ") for e in errs))
+            lines.append(f"{path}: {where}={errs[0]['input']!r}: expected {expected}")
+    return "; ".join(lines)
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        hint = " (YAML indents with spaces, not tabs)" if "\\t" in str(exc) or "\t" in str(exc) else ""
+        raise GridError(f"{path}:{at}: not valid YAML: {problem}{hint}") from None
+    except UnicodeDecodeError as exc:
+        raise GridError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: a grid file is a mapping of keys, got {type(raw).__name__}")
+    return raw
 
 
 def load_grid(path: str, *, seeds: int | None = None, data_root: str | None = None,
               size: str | int | None = None, vm_schedule: str | None = None) -> Grid:
-    """Read and validate a grid file; ``seeds`` (a count), ``data_root``, the synthetic
-    ``size`` and ``vm_schedule`` (for every cell) override it."""
-    if not os.path.isfile(path):
-        raise GridError(f"grid file {path!r} does not exist")
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    if not isinstance(raw, dict):
-        raise GridError(f"{path}: a grid file is a mapping of keys, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - GRID_KEYS)
+    """Read and validate a grid file (a path, or a shipped grid's name such as ``table2``);
+    ``seeds`` (a count), ``data_root``, the synthetic ``size`` and ``vm_schedule`` (for every
+    cell) override it."""
+    try:
+        path = resolve_grid(path)
+    except FileNotFoundError as exc:
+        raise GridError(str(exc)) from None
+    raw = _read_yaml(path)
+    unknown = sorted(set(raw) - FILE_KEYS)
     if unknown:
-        raise GridError(f"{path}: unknown grid key(s) {unknown}; known: {sorted(GRID_KEYS)}")
+        raise GridError(f"{path}: unknown grid key(s) {unknown}; known: {sorted(FILE_KEYS)}")
     if "dataset" not in raw or "tuner_space" not in raw:
         raise GridError(f"{path}: a grid needs 'dataset' and 'tuner_space'")
     kwargs = dict(raw)
     kwargs["name"] = kwargs.pop("grid", Path(path).stem)
+    raw_seeds = raw.get("seeds", [0])
     kwargs["seeds"] = list(range(seeds)) if seeds else \
-        (list(range(raw["seeds"])) if isinstance(raw.get("seeds"), int) else _as_list(raw.get("seeds", [0])))
+        (list(range(raw_seeds)) if isinstance(raw_seeds, int) and not isinstance(raw_seeds, bool)
+         else _as_list(raw_seeds))
     kwargs["rounds"] = _as_list(raw.get("rounds", [0]))
     space = raw["tuner_space"]
-    kwargs["tuner_space"] = [dict(block) for block in _as_list(space)]
+    blocks = _as_list(space)
+    if not all(isinstance(b, dict) for b in blocks):
+        raise GridError(f"{path}: tuner_space must be a mapping or a list of mappings, got {space!r}")
+    kwargs["tuner_space"] = [dict(block) for block in blocks]
     if size is not None:
         kwargs["size"] = int(size) if str(size).isdigit() else size
     if vm_schedule is not None:
         kwargs["vm_schedule"] = vm_schedule
         kwargs["tuner_space"] = [{k: v for k, v in block.items() if k != "vm_schedule"}
                                  for block in kwargs["tuner_space"]]
-    grid = Grid(path=path, data_root=data_root, **kwargs)
-    _validate(grid)
+    if kwargs.get("base_config") is not None and not os.path.isabs(kwargs["base_config"]):
+        kwargs["base_config"] = os.path.join(os.path.dirname(os.path.abspath(path)), kwargs["base_config"])
+    try:
+        grid = Grid(path=path, data_root=data_root, **kwargs)
+    except ValidationError as exc:
+        raise GridError(_format_errors(path, exc.errors())) from None
+    except TypeError as exc:  # a non-string key
+        raise GridError(f"{path}: {exc}") from None
+    _check_data_root(grid)
+    _check_cells(grid)
     return grid
 
 
-def _validate(grid: Grid) -> None:
-    p = grid.path
-    _check_choice("dataset", grid.dataset, DATASETS, p)
-    _check_choice("source", grid.source, SOURCES, p)
-    _check_choice("real_source", grid.real_source, ("raw", "bars"), p)
-    _check_choice("mode", grid.mode, MODES, p)
-    _check_choice("fm_training", grid.fm_training, FM_TRAINING, p)
-    _check_choice("vm_schedule", grid.vm_schedule, VM_SCHEDULES, p)
-    if not isinstance(grid.vm_drop_features, list) or not all(isinstance(f, str) for f in grid.vm_drop_features):
-        raise GridError(f"{p}: vm_drop_features={grid.vm_drop_features!r} must be a list of feature names")
-    for name in ("fm_epochs", "vm_epochs"):
-        value = getattr(grid, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise GridError(f"{p}: {name}={value!r} must be a whole number >= 1")
-    if not grid.seeds:
-        raise GridError(f"{p}: seeds gives no seed; a grid needs at least one")
-    if grid.source == "synthetic" and not isinstance(grid.size, int):
-        _check_choice("size", grid.size, SIZES, p)
-    for r in grid.rounds:
-        _check_choice("round", r, (0, 1, 2), p)
-    if grid.mode == "domains" and grid.dataset != "taobaoad":
-        raise GridError(f"{p}: mode 'domains' is defined for taobaoad (new_user_class_level), not {grid.dataset}")
-    if grid.mode == "tasks" and grid.dataset != "kuaivideo":
-        raise GridError(f"{p}: mode 'tasks' is defined for kuaivideo, not {grid.dataset}")
-    if grid.data_root is not None:
-        if not os.path.isdir(grid.data_root):
-            raise GridError(f"--data-root {grid.data_root!r} is not a directory")
-        missing = [" or ".join(group) for group in REAL_FILES[(grid.dataset, grid.real_source)]
-                   if not any(os.path.isfile(os.path.join(grid.data_root, name)) for name in group)]
-        if missing:
-            raise GridError(f"--data-root {grid.data_root!r} does not hold {grid.dataset} {grid.real_source} files: "
-                            f"missing {missing}")
-    for name in grid.model_overrides:
-        if name != "all" and name not in MODEL_REGISTRY:
-            raise GridError(f"{p}: model_overrides names unknown model {name!r}")
-    if not grid.tuner_space:
-        raise GridError(f"{p}: tuner_space is empty")
-    for block in grid.tuner_space:
-        unknown = sorted(set(block) - CELL_KEYS - DISTILL_KEYS)
-        if unknown:
-            raise GridError(f"{p}: unknown tuner_space key(s) {unknown}; known: {sorted(CELL_KEYS | DISTILL_KEYS)}")
-        for key in ("teacher", "student", "method"):
-            if key not in block:
-                raise GridError(f"{p}: every tuner_space block needs {key!r}")
-        for t in _as_list(block["teacher"]):
-            _check_choice("teacher", t, TEACHERS, p)
-        for s in _as_list(block["student"]):
-            _check_choice("student", s, STUDENTS, p)
-        for m in _as_list(block["method"]):
-            _check_choice("method", m, METHODS, p)
-        for v in _as_list(block.get("vm_schedule", grid.vm_schedule)):
-            _check_choice("vm_schedule", v, VM_SCHEDULES, p)
-            if v == "stream" and grid.vm_epochs != 1:
-                raise GridError(f"{p}: vm_schedule 'stream' trains one pass per day; vm_epochs must be 1")
-        for d in _as_list(block.get("fm_frozen_after_day", None)):
-            if d is not None and d not in range(1, 8):
-                raise GridError(f"{p}: fm_frozen_after_day={d!r} must be a day in 1..7 or null")
-    if grid.mode == "tasks":
-        for t in grid.tasks:
-            _check_choice("task", t, DEFAULT_TASKS, p)
+def _check_data_root(grid: Grid) -> None:
+    if grid.data_root is None:
+        return
+    if not os.path.isdir(grid.data_root):
+        raise GridError(f"--data-root {grid.data_root!r} is not a directory")
+    missing = [" or ".join(group) for group in REAL_FILES[(grid.dataset, grid.real_source)]
+               if not any(os.path.isfile(os.path.join(grid.data_root, name)) for name in group)]
+    if missing:
+        raise GridError(f"--data-root {grid.data_root!r} does not hold {grid.dataset} {grid.real_source} files: "
+                        f"missing {missing}")
+
+
+def _check_cells(grid: Grid) -> None:
     cells = expand_cells(grid)
     if not cells:
-        raise GridError(f"{p}: the grid expands to no cell (an empty list in tuner_space, rounds or seeds?)")
+        raise GridError(f"{grid.path}: the grid expands to no cell (an empty list in tuner_space, rounds or seeds?)")
     for cell in cells:  # every scale and distill option is valid before any work
         try:
             cell.distill_config("fm_pred")
         except ValueError as exc:
-            raise GridError(f"{p}: {exc}") from exc
+            raise GridError(f"{grid.path}: {exc}") from exc
 
 
 def expand_cells(grid: Grid) -> list[Cell]:
@@ -263,12 +462,15 @@ def expand_cells(grid: Grid) -> list[Cell]:
     knobs, ``kd`` ignores scales, so equal training runs appear once per teacher."""
     cells: dict[Cell, None] = {}
     units = grid.domains if grid.mode == "domains" else grid.tasks if grid.mode == "tasks" else [None]
-    for block in grid.tuner_space:
+    for spec in grid.tuner_space:
+        block = spec.as_space()
         keys = list(block)
         for values in itertools.product(*(_as_list(block[k]) for k in keys)):
             choice = dict(zip(keys, values))
             distill = tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
                                    for k, v in choice.items() if k in DISTILL_KEYS))
+            hparams = tuple(sorted((k, _hashable(v)) for k, v in choice.items()
+                                   if k not in DISTILL_KEYS and k not in CELL_KEYS))
             method = choice["method"]
             scales = {k: float(choice.get(k, 1.0)) for k in ("label_scale", "grad_scale", "loss_weight")}
             if method in ("none", "kd"):
@@ -280,14 +482,22 @@ def expand_cells(grid: Grid) -> list[Cell]:
                             domain=unit if grid.mode == "domains" else None,
                             task=unit if grid.mode == "tasks" else None, distill=distill,
                             vm_schedule=choice.get("vm_schedule", grid.vm_schedule),
-                            feature_gap=tuple(grid.vm_drop_features), **scales)
+                            feature_gap=tuple(grid.vm_drop_features), hparams=hparams, **scales)
                 cells[cell] = None
     return list(cells)
 
 
-def model_params(grid: Grid, model: str, base_params: Mapping[str, Any]) -> dict[str, Any]:
-    """BARS hyperparameters of ``model`` with the grid's overrides (``all`` first)."""
+def model_params(grid: Grid, model: str, base_params: Mapping[str, Any],
+                 hparams: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """BARS hyperparameters of ``model`` with the grid's overrides (``all`` first), then a
+    cell's crossed hyperparameters (tuples back to lists, as YAML gave them)."""
     params = dict(base_params)
     params.update(grid.model_overrides.get("all", {}))
     params.update(grid.model_overrides.get(model, {}))
+    for k, v in (hparams or {}).items():
+        params[k] = _unhashable(v)
     return params
+
+
+def _unhashable(value: Any) -> Any:
+    return [_unhashable(v) for v in value] if isinstance(value, tuple) else value

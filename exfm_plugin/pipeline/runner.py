@@ -54,7 +54,7 @@ def check_device(device: str) -> None:
 
 
 def cell_id(grid: Grid, cell: Cell) -> str:
-    return step_key("cell", {"grid": grid.name, **cell.__dict__})
+    return step_key("cell", {"grid": grid.name, **cell.identity})
 
 
 def _unit_files(ctx: Context, prep: PreparedData, cell: Cell, day: int) -> tuple[str, str]:

@@ -23,7 +23,7 @@ import torch
 from ..config import build_model
 from ..data import H5DataLoader
 from ..distill import DistillConfig, ExFMStudent, export_serving_model
-from .grid import Cell
+from .grid import Cell, model_params
 from .stages import (EVAL_BATCH, Context, PreparedData, bars_params, constant_metrics, evaluate_predictions,
                      jsonable_params, labels_and_groups, load_feature_map, train_one_pass,
                      training_options)
@@ -41,6 +41,12 @@ class DayInput:
     file: str
     key: str
     fm_column: str | None
+
+
+def student_params(ctx: Context, prep: PreparedData, cell: Cell) -> dict[str, Any]:
+    """The VM's BARS hyperparameters with the grid's overrides and the cell's crossed ones."""
+    params = bars_params(ctx, prep, cell.student, cell.seed, drop_features=cell.feature_gap)
+    return model_params(ctx.grid, cell.student, params, dict(cell.hparams)) if cell.hparams else params
 
 
 def _optimizers(student: ExFMStudent) -> dict[str, torch.optim.Optimizer]:
@@ -77,7 +83,7 @@ def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inpu
     parent = vm_link_stage(ctx, prep, cell, label, inputs[:-1]) if len(inputs) > 1 else None
     fm_column = next((d.fm_column for d in reversed(inputs) if d.fm_column), None)
     config = _config_in_force(cell, inputs, fm_column)
-    params = bars_params(ctx, prep, cell.student, cell.seed, drop_features=cell.feature_gap)
+    params = student_params(ctx, prep, cell)
     passes = ctx.grid.vm_epochs if cell.vm_schedule == "day" else 1
     spec = {"prep": prep.key, "student": cell.student, "params": jsonable_params(params), "seed": cell.seed,
             "distill": config.as_dict(), "label": label, "day": last.day, "input": last.key,
@@ -112,7 +118,7 @@ def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inpu
 def vm_eval_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, link: tuple[str, Path, dict],
                   test_file: str, base_rate: float) -> dict:
     """The exported serving model of ``link`` on ``test_file``; NE normalised by ``base_rate``."""
-    params = bars_params(ctx, prep, cell.student, cell.seed, drop_features=cell.feature_gap)
+    params = student_params(ctx, prep, cell)
     spec = {"link": link[0], "test_file": os.path.abspath(test_file), "label": label, "base_rate": base_rate}
 
     def build(tmp: Path) -> dict:

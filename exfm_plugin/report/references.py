@@ -1,4 +1,5 @@
-"""The paper's published numbers (Tables 2-5) and the BARS leaderboard, from ``benchmarks/reference``.
+"""The paper's published numbers (Tables 2-5) and the BARS leaderboard, shipped as package data
+(``exfm_plugin/reference``; ``benchmarks/reference`` in a checkout links there).
 
 They are printed beside ours, never mixed into our means: the paper ran on real data with one
 inference, and several of its numbers are odd (SPEC.md, Statistics).
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..contracts import BARS_DATASET_NAMES, PAPER_DATASET_NAMES
+from ..resources import reference_dir as reference_dir_shipped
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +108,15 @@ class References:
         return hit if hit else NONE3
 
 
-def resolve_reference_dir(reference_dir: str | Path) -> Path:
-    """A relative path that does not exist here is looked up in the checkout (benchmarks/reference)."""
+LEGACY_DEFAULT = "benchmarks/reference"  # the CLI's default name, from before the tables shipped
+
+
+def resolve_reference_dir(reference_dir: str | Path | None = None) -> Path:
+    """``None`` or the legacy default name is the shipped tables (found through the package,
+    not the working directory); any other path is used as given."""
+    if reference_dir is None:
+        return reference_dir_shipped()
     p = Path(reference_dir)
-    if p.exists() or p.is_absolute():
-        return p
-    repo = Path(__file__).resolve().parents[2] / p
-    return repo if repo.exists() else p
+    if not p.exists() and str(reference_dir).rstrip("/") == LEGACY_DEFAULT:
+        return reference_dir_shipped()
+    return p
