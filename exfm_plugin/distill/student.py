@@ -160,7 +160,16 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         if column not in inputs:
             raise KeyError(f"method={self.config.method!r} needs the FM supervision column "
                            f"{column!r} in every training batch; the batch has {sorted(inputs)}")
-        p = inputs[column].to(self.device).float().view(-1, 1)
+        p = inputs[column]
+        label = next((l for l in getattr(self.vm.feature_map, "labels", []) if l in inputs), None)
+        rows = int(inputs[label].shape[0]) if label is not None else int(p.shape[0]) if hasattr(p, "shape") and p.dim() else -1
+        if not torch.is_tensor(p) or p.dim() not in (1, 2) or p.shape[0] != rows or p[0].numel() != 1:
+            from ..errors import InputError
+            shape = tuple(p.shape) if hasattr(p, "shape") else type(p).__name__
+            raise InputError(f"FM supervision of shape {shape} for a batch of {rows} rows",
+                             where=f"batch column {column!r}",
+                             expected=f"a float tensor of shape ({rows},) or ({rows}, 1): one FM probability a row")
+        p = p.to(self.device).float().view(-1, 1)
         self._teacher_check.observe(p)
         return p
 
