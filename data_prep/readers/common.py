@@ -23,7 +23,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import polars as pl
 
@@ -57,12 +57,23 @@ def require_file(path: str | Path, what: str = "input file") -> Path:
     return p
 
 
+def with_gz(names: Sequence[str]) -> list[str]:
+    """Each name followed by its gzipped spelling (``x.csv``, ``x.csv.gz``), without duplicates."""
+    out: list[str] = []
+    for name in names:
+        for n in (name, name if name.endswith(".gz") else name + ".gz"):
+            if n not in out:
+                out.append(n)
+    return out
+
+
 def find_file(input_dir: str | Path, names: Sequence[str], what: str, *, required: bool = True) -> Path | None:
-    """The first of ``names`` that exists in ``input_dir`` (the real dumps come under several names)."""
+    """The first of ``names`` (or its ``.gz`` copy) in ``input_dir``: the dumps come under several names."""
     d = Path(input_dir)
     if not d.is_dir():
         raise DataFormatError("input directory not found", path=d, expected="a directory holding the dataset files")
-    for name in names:
+    candidates = with_gz(names)
+    for name in candidates:
         if (d / name).exists():
             return require_file(d / name, what)
     if required:
@@ -70,15 +81,51 @@ def find_file(input_dir: str | Path, names: Sequence[str], what: str, *, require
         close = difflib.get_close_matches(names[0], present, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise DataFormatError(f"{what} not found{hint}", path=d / names[0],
-                              expected="one of " + ", ".join(names))
+                              expected="one of " + ", ".join(candidates))
     return None
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """Open a file for reading bytes, transparently gunzipping ``.gz`` (streamed, never whole)."""
+    if Path(path).suffix == ".gz":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
 
 
 def open_text(path: Path) -> io.TextIOBase:
     """Open a text file, transparently gunzipping ``.gz``."""
-    if path.suffix == ".gz":
+    if Path(path).suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
     return open(path, encoding="utf-8", newline="")
+
+
+def iter_csv_blocks(path: Path, block_bytes: int = 32 << 20) -> Iterator[bytes]:
+    """The CSV file as blocks of whole lines, each starting with the header line.
+
+    Memory stays at about ``block_bytes`` whatever the file size, ``.gz`` included, so a
+    23 GB log can be parsed block by block. Assumes one row per line (no quoted newlines),
+    which holds for the raw TaobaoAd files.
+    """
+    if block_bytes < 1:
+        raise ValueError(f"block_bytes must be positive, got {block_bytes}")
+    try:
+        with open_binary(path) as f:
+            header = f.readline()
+            rest = b""
+            while True:
+                data = f.read(block_bytes)
+                if not data:
+                    if rest.strip():
+                        yield header + rest + (b"" if rest.endswith(b"\n") else b"\n")
+                    return
+                data = rest + data
+                cut = data.rfind(b"\n") + 1
+                rest = data[cut:]
+                if cut:
+                    yield header + data[:cut]
+    except (OSError, EOFError) as e:
+        raise DataFormatError(f"truncated or corrupt file ({e})", path=path,
+                              expected="a complete CSV (or gzipped CSV) file") from e
 
 
 def read_header(path: Path) -> list[str]:
@@ -190,17 +237,21 @@ class CsvTable:
     #: :func:`parse_expr`. :func:`collect_checked` tries fast first, then text.
     fast: bool = True
 
-    def _scan_text(self) -> pl.LazyFrame:
+    def _source(self, block: bytes | None) -> Path | io.BytesIO:
+        return self.path if block is None else io.BytesIO(block)
+
+    def _scan_text(self, block: bytes | None = None) -> pl.LazyFrame:
         # every cell as text: the parse step below owns all typing, so no inference surprises
-        return pl.scan_csv(self.path, infer_schema=False, quote_char='"').select(
+        return pl.scan_csv(self._source(block), infer_schema=False, quote_char='"').select(
             [pl.col(raw).alias(canon) for raw, canon in self.rename.items()])
 
-    def _scan_typed(self) -> pl.LazyFrame:
+    def _scan_typed(self, block: bytes | None = None) -> pl.LazyFrame:
         native = {"int": pl.Int64, "float": pl.Float64, "label": pl.Int64}
         inverse = {canon: raw for raw, canon in self.rename.items()}
         overrides = {inverse[c]: native.get(k, pl.String) for c, k in self.kinds.items()}
-        lf = pl.scan_csv(self.path, schema_overrides=overrides, null_values=NULL_TOKENS, quote_char='"',
-                         infer_schema=False).select([pl.col(raw).alias(canon) for raw, canon in self.rename.items()])
+        lf = pl.scan_csv(self._source(block), schema_overrides=overrides, null_values=NULL_TOKENS,
+                         quote_char='"', infer_schema=False).select(
+            [pl.col(raw).alias(canon) for raw, canon in self.rename.items()])
         exprs = []
         for c, k in self.kinds.items():
             if k in ("int", "float"):
@@ -211,11 +262,21 @@ class CsvTable:
                 exprs.append(parse_expr(c, k))
         return lf.select(exprs)
 
-    def scan(self) -> pl.LazyFrame:
-        """Lazy frame of the parsed canonical columns (strict: a bad cell fails at collect)."""
+    def scan(self, block: bytes | None = None) -> pl.LazyFrame:
+        """Lazy frame of the parsed canonical columns (strict: a bad cell fails at collect).
+
+        ``block``: parse these CSV bytes (header line first, see :func:`iter_csv_blocks`)
+        instead of the whole file, with the same rules.
+        """
         if self.fast:
-            return self._scan_typed()
-        return self._scan_text().select([parse_expr(c, k) for c, k in self.kinds.items()])
+            return self._scan_typed(block)
+        return self._scan_text(block).select([parse_expr(c, k) for c, k in self.kinds.items()])
+
+    def iter_frames(self, block_bytes: int = 32 << 20) -> Iterator[pl.DataFrame]:
+        """The parsed file, block by block (bounded memory); a bad cell raises DataFormatError
+        naming its row in the whole file, like :func:`collect_checked`."""
+        for block in iter_csv_blocks(self.path, block_bytes):
+            yield collect_checked(lambda: self.scan(block), [self], what=f"a block of {self.path.name}")
 
     def diagnose(self, error: BaseException | None = None) -> None:
         """Find the first bad cell of this file and raise DataFormatError for it (no-op if none)."""

@@ -22,10 +22,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from ..errors import DataFormatError
+from .behaviour_buckets import BehaviorIndex  # noqa: F401  (re-exported: the one in-memory as-of index)
+from .behaviour_buckets import BLOCK_BYTES, BUCKET_ROWS, BucketedSequences, empty_sequences
 from .common import CsvTable, ReadResult, check_not_empty, collect_checked, find_file
 
 logger = logging.getLogger(__name__)
@@ -97,61 +98,14 @@ def scan_raw_impressions(tables: dict[str, CsvTable | None]) -> pl.LazyFrame:
     )
 
 
-class BehaviorIndex:
-    """The behaviour log sorted by (user, time), to cut each impression's history by search.
+def read_raw(input_dir: str | Path, *, max_len: int = MAX_LEN, work_dir: str | Path | None = None,
+             bucket_rows: int = BUCKET_ROWS, block_bytes: int = BLOCK_BYTES) -> ReadResult:
+    """Read the raw Alibaba files of ``input_dir`` (``.csv`` or ``.csv.gz``) into the canonical frame.
 
-    For an impression (u, t) the history is the user's behaviours with time < t: one binary
-    search on the combined key (user, time) gives its end, the user's first row its start, so
-    attaching histories costs O(n log m) with no per-row Python.
+    The behaviour log is never loaded whole: it is split by user into bucket files under
+    ``work_dir`` (default: a temporary directory) and the sequences are computed bucket by
+    bucket (:mod:`.behaviour_buckets`); ``bucket_rows`` and ``block_bytes`` bound the memory.
     """
-
-    def __init__(self, behaviors: pl.DataFrame, max_len: int = MAX_LEN) -> None:
-        self.max_len = max_len
-        b = behaviors.sort(["user", "time_stamp"], maintain_order=True)
-        self.users = np.unique(b["user"].to_numpy())
-        self.t0 = int(b["time_stamp"].min()) if b.height else 0
-        codes = np.searchsorted(self.users, b["user"].to_numpy()).astype(np.int64)
-        self.keys = self._key(codes, b["time_stamp"].to_numpy())
-        # first behaviour row of each user (rows are sorted by user)
-        self.user_start = np.searchsorted(codes, np.arange(len(self.users) + 1), side="left")
-        self.cate = b["cate"]
-        self.brand = b["brand"]
-        self.btag = b["btag"]
-
-    def _key(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
-        # times before the log starts clip to 0: they have no earlier behaviour anyway
-        return (codes << 33) + np.clip(times.astype(np.int64) - self.t0, 0, (1 << 33) - 1)
-
-    def attach(self, df: pl.DataFrame) -> pl.DataFrame:
-        """``df`` (with ``userid``, ``time``) plus ``cate_his``, ``brand_his``, ``btag_his``."""
-        import pyarrow as pa  # polars has no list-from-offsets constructor; arrow does (zero copy)
-
-        n = df.height
-        users = df["userid"].fill_null(-1).to_numpy()
-        times = df["time"].to_numpy()
-        end = np.zeros(n, dtype=np.int64)
-        start = np.zeros(n, dtype=np.int64)
-        if len(self.users):
-            codes = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
-            known = self.users[codes] == users
-            codes = codes[known].astype(np.int64)
-            end[known] = np.searchsorted(self.keys, self._key(codes, times[known]), side="left")  # strictly before t
-            start[known] = np.maximum(self.user_start[codes], end[known] - self.max_len)
-        lens = end - start
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(lens, out=offsets[1:])
-        idx = np.repeat(start - offsets[:-1], lens) + np.arange(offsets[-1], dtype=np.int64)
-        idx_s = pl.Series(idx)
-        cols = {}
-        for name, src in (("cate_his", self.cate), ("brand_his", self.brand), ("btag_his", self.btag)):
-            values = src.gather(idx_s).to_arrow()
-            arr = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
-            cols[name] = pl.Series(name, arr)
-        return df.with_columns(**cols)
-
-
-def read_raw(input_dir: str | Path, *, max_len: int = MAX_LEN) -> ReadResult:
-    """Read the raw Alibaba files of ``input_dir`` into the canonical TaobaoAd frame."""
     tables = _raw_tables(input_dir)
     used = [t for t in tables.values() if t is not None]
     frame = collect_checked(lambda: scan_raw_impressions(tables), used[:3], what="TaobaoAd raw impressions")
@@ -164,23 +118,14 @@ def read_raw(input_dir: str | Path, *, max_len: int = MAX_LEN) -> ReadResult:
     behavior = tables["behavior_log"]
     if behavior is None:
         result.notes.append("no behavior_log.csv: cate_his, brand_his, btag_his are empty")
-        result.add_sequences = _empty_sequences
+        result.add_sequences = empty_sequences
         return result
-    users = frame.select(pl.col("userid").unique().alias("user")).lazy()
-    def chain() -> pl.LazyFrame:  # the behaviours of the impressions' users only
-        return behavior.scan().drop_nulls(["user", "time_stamp"]).join(users, on="user", how="semi")
-
-    log = collect_checked(chain, [behavior], what="TaobaoAd behaviour log")
-    logger.info("behaviour log: %d rows for %d impression users", log.height, users.collect().height)
-    result.add_sequences = BehaviorIndex(log, max_len).attach
+    sequences = BucketedSequences(behavior, frame, max_len=max_len, work_dir=work_dir,
+                                  bucket_rows=bucket_rows, block_bytes=block_bytes)
+    result.add_sequences = sequences
+    result.extra["behaviour_buckets"] = sequences.n_buckets
     result.notes.append(f"sequences: last {max_len} behaviours strictly before the impression, most recent last")
     return result
-
-
-def _empty_sequences(df: pl.DataFrame) -> pl.DataFrame:
-    return df.with_columns(pl.lit([], dtype=pl.List(pl.Int64)).alias("cate_his"),
-                           pl.lit([], dtype=pl.List(pl.Int64)).alias("brand_his"),
-                           pl.lit([], dtype=pl.List(pl.String)).alias("btag_his"))
 
 
 def _check_joined(frame: pl.DataFrame, tables: dict[str, CsvTable | None]) -> None:

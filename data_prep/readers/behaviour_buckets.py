@@ -1,0 +1,211 @@
+"""Behaviour sequences of TaobaoAd impressions in memory bounded by a bucket, not by the log.
+
+The real ``behavior_log.csv`` has ~723M rows (23 GB): it cannot be loaded next to the
+impressions on a 24 GB machine. So the log is used in three passes, each holding at most one
+block or one bucket:
+
+1. **partition**: the log is read block by block (:func:`~.common.iter_csv_blocks`, plain
+   or ``.gz``), kept to the impressions' users, and appended to one of ``n`` bucket files
+   on disk by a hash of the user. A user's behaviours all land in one bucket, in file order.
+2. **as-of pass**: per bucket, the behaviours are indexed by (user, time) and the distinct
+   (user, time) keys of that bucket's impressions get their last ``max_len`` behaviours
+   strictly before the time (:class:`BehaviorIndex`); the sequences are written to a
+   parquet file of that bucket, sorted by time.
+3. **attach**: :class:`BucketedSequences` (the reader's ``add_sequences``) joins any slice of
+   the impressions to the stored sequences of its time range, read with parquet predicate
+   push-down; keys absent from the store have no earlier behaviour and get empty lists.
+
+The number of buckets is chosen from the log's estimated row count so a bucket holds about
+``bucket_rows`` behaviours: peak memory is set by ``bucket_rows`` and ``block_bytes``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from .common import CsvTable, open_binary
+
+logger = logging.getLogger(__name__)
+
+SEQ_COLUMNS = {"cate_his": ("cate", pl.Int64), "brand_his": ("brand", pl.Int64), "btag_his": ("btag", pl.String)}
+KEY = ["userid", "time"]
+HASH_SEED = 0x5EED
+BUCKET_ROWS = 4_000_000    # behaviours per bucket: ~0.6 GB to sort and index one
+BLOCK_BYTES = 32 << 20     # CSV bytes parsed at a time
+MAX_BUCKETS = 512          # bucket files open at once while partitioning
+ROW_GROUP = 16_384         # store row groups: small, so a time-range read skips the rest
+
+
+class BehaviorIndex:
+    """One set of behaviours sorted by (user, time), to cut each impression's history by search.
+
+    For an impression (u, t) the history is the user's behaviours with time < t: one binary
+    search on the combined key (user, time) gives its end, the user's first row its start, so
+    attaching histories costs O(n log m) with no per-row Python. Rows with equal (user, time)
+    keep their input order (a stable sort), so give them in file order.
+    """
+
+    def __init__(self, behaviors: pl.DataFrame, max_len: int) -> None:
+        self.max_len = max_len
+        b = behaviors.sort(["user", "time_stamp"], maintain_order=True)
+        self.users = np.unique(b["user"].to_numpy())
+        self.t0 = int(b["time_stamp"].min()) if b.height else 0
+        codes = np.searchsorted(self.users, b["user"].to_numpy()).astype(np.int64)
+        self.keys = self._key(codes, b["time_stamp"].to_numpy())
+        # first behaviour row of each user (rows are sorted by user)
+        self.user_start = np.searchsorted(codes, np.arange(len(self.users) + 1), side="left")
+        self.columns = {name: b[src] for name, (src, _) in SEQ_COLUMNS.items()}
+
+    def _key(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
+        # times before the log starts clip to 0: they have no earlier behaviour anyway
+        return (codes << 33) + np.clip(times.astype(np.int64) - self.t0, 0, (1 << 33) - 1)
+
+    def attach(self, df: pl.DataFrame) -> pl.DataFrame:
+        """``df`` (with ``userid``, ``time``) plus ``cate_his``, ``brand_his``, ``btag_his``."""
+        n = df.height
+        users = df["userid"].fill_null(-1).to_numpy()
+        times = df["time"].fill_null(0).to_numpy()
+        end = np.zeros(n, dtype=np.int64)
+        start = np.zeros(n, dtype=np.int64)
+        if len(self.users):
+            codes = np.minimum(np.searchsorted(self.users, users), len(self.users) - 1)
+            known = (self.users[codes] == users) & df["userid"].is_not_null().to_numpy() \
+                & df["time"].is_not_null().to_numpy()
+            codes = codes[known].astype(np.int64)
+            end[known] = np.searchsorted(self.keys, self._key(codes, times[known]), side="left")  # strictly before t
+            start[known] = np.maximum(self.user_start[codes], end[known] - self.max_len)
+        lens = end - start
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        idx = pl.Series(np.repeat(start - offsets[:-1], lens) + np.arange(offsets[-1], dtype=np.int64))
+        cols = {}
+        for name, src in self.columns.items():
+            # polars has no list-from-offsets constructor; arrow does (zero copy)
+            values = src.gather(idx).to_arrow()
+            cols[name] = pl.Series(name, pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
+        return df.with_columns(**cols)
+
+
+def empty_sequences(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with the three sequence columns empty (no behaviour log)."""
+    return df.with_columns([pl.lit([], dtype=pl.List(dt)).alias(name) for name, (_, dt) in SEQ_COLUMNS.items()])
+
+
+def bucket_of(users: pl.Expr, n_buckets: int) -> pl.Expr:
+    """The bucket of each user (same in every pass of one process: polars' seeded hash)."""
+    return (users.hash(HASH_SEED) % n_buckets).cast(pl.UInt32)
+
+
+def estimate_rows(path: Path, block_bytes: int = 4 << 20) -> int:
+    """Rows of a CSV (plain or gz) estimated from its first ``block_bytes`` of text."""
+    size = path.stat().st_size
+    with open_binary(path) as f:
+        sample = f.read(block_bytes)
+        raw_read = f.fileobj.tell() if hasattr(f, "fileobj") else len(sample)  # compressed bytes consumed
+    lines = max(sample.count(b"\n") - 1, 1)
+    if len(sample) < block_bytes:  # the whole file was read
+        return lines
+    return int(math.ceil(lines * size / max(raw_read, 1)))
+
+
+class BucketedSequences:
+    """The behaviour log split by user into bucket files, and the sequences of every
+    impression key computed bucket by bucket; called on a slice of the impressions, returns it
+    with ``cate_his``, ``brand_his``, ``btag_his`` (the reader's ``add_sequences``).
+
+    The work files live in ``work_dir`` (a fresh temporary directory by default) and are
+    deleted when this object is garbage collected.
+    """
+
+    def __init__(self, log: CsvTable, impressions: pl.DataFrame, *, max_len: int,
+                 work_dir: str | Path | None = None, bucket_rows: int = BUCKET_ROWS,
+                 block_bytes: int = BLOCK_BYTES) -> None:
+        if bucket_rows < 1:
+            raise ValueError(f"bucket_rows must be positive, got {bucket_rows}")
+        self.max_len = max_len
+        if work_dir is not None:
+            Path(work_dir).mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="exfm_behaviour_", dir=work_dir))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
+        est = estimate_rows(log.path)
+        self.n_buckets = int(min(MAX_BUCKETS, max(1, math.ceil(est / bucket_rows))))
+        keys = (impressions.select(KEY).drop_nulls().unique()
+                .with_columns(bucket_of(pl.col("userid"), self.n_buckets).alias("__bucket")))
+        self.log_rows, self.kept_rows = self._partition(log, keys["userid"].unique(), block_bytes)
+        self.store = self._as_of(keys)
+        logger.info("behaviour log: %d rows (%d of impression users) in %d buckets; %d impression keys",
+                    self.log_rows, self.kept_rows, self.n_buckets, keys.height)
+
+    def _bucket_path(self, b: int) -> Path:
+        return self.dir / f"log_{b:04d}.arrow"
+
+    def _partition(self, log: CsvTable, users: pl.Series, block_bytes: int) -> tuple[int, int]:
+        """Pass 1: the log's rows of ``users``, appended to their bucket file in file order."""
+        writers: dict[int, ipc.RecordBatchFileWriter] = {}
+        schema: pa.Schema | None = None
+        opts = ipc.IpcWriteOptions(compression="lz4")
+        seen = kept = 0
+        try:
+            for frame in log.iter_frames(block_bytes):
+                seen += frame.height
+                part = (frame.drop_nulls(["user", "time_stamp"]).filter(pl.col("user").is_in(users.implode()))
+                        .select(["user", "time_stamp", "btag", "cate", "brand"])
+                        .with_columns(bucket_of(pl.col("user"), self.n_buckets).alias("__bucket")))
+                kept += part.height
+                for (b,), rows in part.partition_by("__bucket", as_dict=True, include_key=False).items():
+                    table = rows.to_arrow()
+                    if schema is None:
+                        schema = table.schema
+                    if b not in writers:
+                        writers[b] = ipc.new_file(self._bucket_path(b), schema, options=opts)
+                    writers[b].write_table(table.cast(schema))
+        finally:
+            for w in writers.values():
+                w.close()
+        return seen, kept
+
+    def _as_of(self, keys: pl.DataFrame) -> list[Path]:
+        """Pass 2: per bucket, the sequences of its impression keys, stored sorted by time."""
+        store = []
+        for (b,), bucket_keys in keys.partition_by("__bucket", as_dict=True, include_key=False).items():
+            path = self._bucket_path(b)
+            if not path.exists():
+                continue  # no behaviour of these users: empty sequences
+            behaviours = pl.read_ipc(path)
+            seqs = BehaviorIndex(behaviours, self.max_len).attach(bucket_keys.sort("time"))
+            del behaviours
+            path.unlink()
+            seqs = seqs.filter(pl.col("cate_his").list.len() > 0)
+            if seqs.height:
+                out = self.dir / f"seq_{b:04d}.parquet"
+                seqs.write_parquet(out, row_group_size=ROW_GROUP, statistics=True)
+                store.append(out)
+        return store
+
+    def __call__(self, df: pl.DataFrame) -> pl.DataFrame:
+        """``df`` (``userid``, ``time`` and any columns) plus its three behaviour sequences."""
+        if df.height == 0 or not self.store:
+            return empty_sequences(df)
+        times = df["time"].drop_nulls()
+        if times.len() == 0:
+            return empty_sequences(df)
+        lo, hi = int(times.min()), int(times.max())
+        wanted = df.select(KEY).drop_nulls().unique().lazy()
+        seqs = (pl.scan_parquet(self.store).filter(pl.col("time").is_between(lo, hi))
+                .join(wanted, on=KEY, how="semi").collect())
+        out = df.join(seqs, on=KEY, how="left", maintain_order="left")
+        return out.with_columns([pl.coalesce(pl.col(name), pl.lit([], dtype=pl.List(dt))).alias(name)
+                                 for name, (_, dt) in SEQ_COLUMNS.items()])
+
+    def close(self) -> None:
+        """Delete the work files now (they are also deleted when this object is collected)."""
+        self._cleanup()
