@@ -15,7 +15,7 @@ from fuxictr.metrics import evaluate_metrics as fuxictr_evaluate_metrics
 from sklearn.metrics import roc_auc_score
 
 PROB_EPS = 1e-7
-OWN_METRICS = {"logloss", "binary_crossentropy", "NE", "calibration", "AUC"}
+OWN_METRICS = {"logloss", "binary_crossentropy", "NE", "calibration", "AUC", "gAUC"}
 
 
 def _as_arrays(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +61,35 @@ def calibration(y_true, y_pred) -> float:
     return float(p.sum() / positives)
 
 
+def gauc(y_true, y_pred, group_id) -> float:
+    """Group AUC as fuxictr defines it (the DIN paper's): the AUC of each group with both a
+    positive and a negative, averaged with the group's row count as weight (NaN when no group
+    has both). fuxictr scores each group in a worker process, seconds for a test day of tens of
+    thousands of users; here every group's Mann-Whitney statistic comes from one sort."""
+    y, p = _as_arrays(y_true, y_pred)
+    g = np.asarray(group_id).reshape(-1)
+    if g.shape != y.shape:
+        raise ValueError(f"group_id has {g.size} rows but y_true has {y.size}")
+    order = np.lexsort((p, g))  # by group, then score
+    g, p, y = g[order], p[order], y[order]
+    n = y.size
+    group_start = np.r_[True, g[1:] != g[:-1]]
+    group_idx = np.cumsum(group_start) - 1
+    rank = np.arange(n) - np.flatnonzero(group_start)[group_idx] + 1.0  # 1-based rank within the group
+    tie_idx = np.cumsum(group_start | np.r_[True, p[1:] != p[:-1]]) - 1
+    mean_rank = (np.bincount(tie_idx, weights=rank) / np.bincount(tie_idx))[tie_idx]  # ties share a rank
+    rows = np.bincount(group_idx).astype(np.float64)
+    positives = np.bincount(group_idx, weights=y)
+    negatives = rows - positives
+    mixed = (positives > 0) & (negatives > 0)
+    if not mixed.any():
+        return float("nan")
+    pos_rank_sum = np.bincount(group_idx, weights=mean_rank * y)[mixed]
+    pos, neg = positives[mixed], negatives[mixed]
+    group_auc = (pos_rank_sum - pos * (pos + 1) / 2) / (pos * neg)
+    return float(np.sum(group_auc * rows[mixed]) / np.sum(rows[mixed]))
+
+
 def evaluate_metrics(y_true, y_pred, metrics: Sequence[str], group_id=None,
                      train_label_mean: float | None = None) -> OrderedDict:
     """fuxictr's metric names plus ``NE`` and ``calibration``, in the order asked."""
@@ -78,6 +107,10 @@ def evaluate_metrics(y_true, y_pred, metrics: Sequence[str], group_id=None,
             out[metric] = normalized_entropy(y_true, y_pred, train_label_mean)
         elif metric == "calibration":
             out[metric] = calibration(y_true, y_pred)
+        elif metric == "gAUC":
+            if group_id is None:
+                raise ValueError("metric gAUC needs group ids (the dataset's group_id column)")
+            out[metric] = gauc(y_true, y_pred, group_id)
         else:
             out[metric] = None  # keeps the requested order; filled from fuxictr below
     if delegated:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from exfm_plugin.metrics import auc, binary_entropy, calibration, evaluate_metrics, logloss, normalized_entropy
+from exfm_plugin.metrics import auc, binary_entropy, calibration, evaluate_metrics, gauc, logloss, normalized_entropy
 from exfm_plugin.models import FM
 from tiny_data import model_kwargs
 
@@ -62,3 +62,46 @@ def test_fuxictr_evaluate_reports_ne_and_calibration(tmp_path, tiny):
     assert logs["calibration"] == pytest.approx(pred.sum() / tiny.columns["click"].sum(), rel=1e-6)
     gauc = evaluate_metrics(tiny.columns["click"], pred, ["gAUC", "AUC"], group_id=tiny.columns["user_id"])
     assert list(gauc) == ["gAUC", "AUC"] and 0.0 < gauc["gAUC"] < 1.0
+
+
+def _pairwise_gauc(y, p, g) -> float:
+    """gAUC from its definition: per group, the share of (positive, negative) pairs ordered
+    right (ties count one half), weighted by the group's rows; groups with one class skipped."""
+    num = den = 0.0
+    for group in np.unique(g):
+        yg, pg = y[g == group], p[g == group]
+        pos, neg = pg[yg == 1], pg[yg == 0]
+        if len(pos) and len(neg):
+            pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a, b in itertools.product(pos, neg)]
+            num += np.mean(pairs) * len(yg)
+            den += len(yg)
+    return num / den
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gauc_matches_pairwise_definition_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    g = rng.integers(0, 40, n)
+    y = (rng.random(n) < 0.3).astype(float)
+    p = np.round(rng.random(n) + 0.3 * y, 1)  # rounded: many tied scores inside a group
+    assert gauc(y, p, g) == pytest.approx(_pairwise_gauc(y, p, g), abs=1e-12)
+
+
+def test_gauc_equals_fuxictr_reference():
+    from fuxictr.metrics import evaluate_metrics as fuxictr_metrics
+
+    rng = np.random.default_rng(7)
+    n = 2000
+    g = rng.integers(0, 150, n)
+    y = (rng.random(n) < 0.2).astype(float)
+    p = rng.random(n) * 0.5 + 0.2 * y
+    ours = evaluate_metrics(y, p, ["gAUC"], group_id=g)["gAUC"]
+    assert ours == pytest.approx(fuxictr_metrics(y, p, ["gAUC"], g)["gAUC"], abs=1e-12)
+
+
+def test_gauc_undefined_without_a_mixed_group_and_needs_groups():
+    y = np.array([1.0, 1.0, 0.0, 0.0])
+    assert np.isnan(gauc(y, np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 0, 1, 1])))
+    with pytest.raises(ValueError, match="group ids"):
+        evaluate_metrics(y, y, ["gAUC"])
