@@ -5,6 +5,10 @@
     exfm das publish|run|status ...   (the Data Augmentation Service; see exfm_plugin/das/cli.py)
     exfm run --grid GRID [--data-root DIR] [--device cpu|cuda:0] [--seeds N]
     exfm report --records DIR|FILE ... --out DIR
+    exfm grids                          (the shipped grids: exfm run --grid NAME)
+    exfm export --records DIR --cell CELL_ID --out DIR   (a cell's student as a FuxiCTR model)
+
+``-v`` / ``--verbose`` may stand anywhere on the line; ``exfm --version`` prints the versions.
 """
 from __future__ import annotations
 
@@ -60,14 +64,42 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     from .pipeline.cli import add_run_parser
     from .report.cli import add_report_parser
 
+    from .pipeline.cli_tools import add_export_parser, add_grids_parser
+
     add_run_parser(sub)
     add_report_parser(sub)
+    add_grids_parser(sub)
+    add_export_parser(sub)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"exfm {__version__} (fuxictr {of('fuxictr')}, torch {of('torch')}, python {sys.version.split()[0]})"
+
+
+def _pop_verbose(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """``-v``/``--verbose`` anywhere (before a ``--``) is the global flag, so ``exfm run -v`` works
+    as ``exfm -v run``; returns the other arguments and whether it was given."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv[:end])
+    return [a for i, a in enumerate(argv) if i >= end or a not in ("-v", "--verbose")], verbose
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every built subcommand."""
     parser = argparse.ArgumentParser(prog="exfm", description="ExFM for FuxiCTR: data, teachers, students.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (anywhere on the line)")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_prep(sub)
@@ -78,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``exfm`` console script; returns the exit status."""
+    argv, verbose = _pop_verbose(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.verbose = args.verbose or verbose
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

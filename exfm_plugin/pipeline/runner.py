@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..contracts import fm_pred_column
 from .artifacts import ArtifactStore, step_key
 from .grid import Cell, Grid, GridError, expand_cells
+from .logging_run import metrics_line, run_log, run_logging
 from .records import RecordWriter
 from .stages import (Context, PreparedData, all_labels, bars_params, das_stage, day_label_mean, domain_day_file,
                      fm_eval_stage, fm_stage, prep_stage, training_options)
@@ -152,15 +153,29 @@ def grid_jobs(grid: Grid) -> list[tuple[str, Cell]]:
     return [("vm", c) for c in cells] + [("fm", c) for c in fm_cells]
 
 
+def describe_job(kind: str, cell: Cell) -> str:
+    """``teacher DMIN -> student DeepFM, method ah (LS 1, GS 1, LW 1), round 0, seed 0``."""
+    unit = f", domain {cell.domain}" if cell.domain is not None else f", task {cell.task}" if cell.task else ""
+    if kind == "fm":
+        return f"FM {cell.teacher} through day {cell.fm_through_day}, test day {cell.test_day}, seed {cell.seed}{unit}"
+    scales = f" (LS {cell.label_scale:g}, GS {cell.grad_scale:g}, LW {cell.loss_weight:g})" \
+        if cell.method not in ("none", "kd") else ""
+    hp = f", {dict(cell.hparams)}" if cell.hparams else ""
+    return (f"teacher {cell.teacher} -> student {cell.student}, method {cell.method}{scales}{hp}, "
+            f"{cell.vm_schedule} schedule, days {cell.train_days[0]}..{cell.train_day}, test day {cell.test_day}, "
+            f"seed {cell.seed}{unit}")
+
+
 def run_job(ctx: Context, prep: PreparedData, kind: str, cell: Cell) -> dict:
     """One record's measured fields (its steps built on the way, or read when done)."""
     return run_cell(ctx, prep, cell) if kind == "vm" else run_fm_record(ctx, prep, cell)
 
 
 def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *, device: str = "cpu",
-             das_engine: str = "inproc", progress: bool = True) -> RunSummary:
+             das_engine: str = "inproc", progress: bool = True, follow: bool = True) -> RunSummary:
     """Run every cell of ``grid`` not yet recorded, in this process; returns counts and the
-    records path. ``das_engine``: how DAS steps run FM inference (``inproc`` or ``ray``)."""
+    records path. ``das_engine``: how DAS steps run FM inference (``inproc`` or ``ray``).
+    Each cell's lines go to ``<results_dir>/logs/<grid>.log`` and, with ``follow``, the console."""
     check_device(device)
     if das_engine not in ("inproc", "ray"):
         raise GridError(f"--das-engine {das_engine!r}: expected 'inproc' or 'ray'")
@@ -169,29 +184,37 @@ def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *
     writer = RecordWriter(Path(results_dir) / "records" / f"{grid.name}.jsonl")
     summary = RunSummary(grid.name, str(writer.path))
     done = writer.done_cells()
-    prep = prep_stage(ctx)
-    jobs = grid_jobs(grid)
-    for kind, cell in tqdm(jobs, desc=f"grid {grid.name}", unit="cell", disable=not progress):
-        cid = cell_id(grid, cell)
-        if cid in done:
-            summary.skipped += 1
-            continue
-        base = {**_record_base(grid, prep, cell, kind), "cell_id": cid, "config_hash": cid}
-        cell_start = time.perf_counter()
-        try:
-            measured = run_job(ctx, prep, kind, cell)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the others go on
-            logger.exception("cell %s failed", cid)
-            error = f"{type(exc).__name__}: {exc}"
-            writer.append({**base, "status": "failed", "error": error})
-            summary.failed += 1
-            summary.failures.append(f"{kind} {cell.teacher}/{cell.student or '-'}/{cell.method}: {error}")
-            continue
-        measured = {k: v for k, v in measured.items() if k not in ARTIFACT_KEYS}
-        writer.append({**base, **measured, "status": "ok", "error": None,
-                       "wall_time_s": time.perf_counter() - cell_start})
-        summary.ok += 1
+    with run_logging(results_dir, grid.name, console=follow) as log_path:
+        run_log.info("grid %s: %s %s, %s -> %s (log %s)", grid.name, grid.dataset, grid.effective_source,
+                     grid.path, writer.path, log_path)
+        prep = prep_stage(ctx)
+        jobs = grid_jobs(grid)
+        for kind, cell in tqdm(jobs, desc=f"grid {grid.name}", unit="cell", disable=not progress):
+            cid = cell_id(grid, cell)
+            if cid in done:
+                summary.skipped += 1
+                continue
+            base = {**_record_base(grid, prep, cell, kind), "cell_id": cid, "config_hash": cid}
+            cell_start = time.perf_counter()
+            run_log.info("%s cell %s: %s", kind.upper(), cid, describe_job(kind, cell))
+            try:
+                measured = run_job(ctx, prep, kind, cell)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the others go on
+                logger.exception("cell %s failed", cid)
+                error = f"{type(exc).__name__}: {exc}"
+                run_log.error("%s cell %s failed: %s", kind.upper(), cid, error)
+                writer.append({**base, "status": "failed", "error": error})
+                summary.failed += 1
+                summary.failures.append(f"{kind} {cell.teacher}/{cell.student or '-'}/{cell.method}: {error}")
+                continue
+            measured = {k: v for k, v in measured.items() if k not in ARTIFACT_KEYS}
+            run_log.info("%s cell %s %s", kind.upper(), cid, metrics_line(measured.get("metrics") or {}))
+            writer.append({**base, **measured, "status": "ok", "error": None,
+                           "wall_time_s": time.perf_counter() - cell_start})
+            summary.ok += 1
+        run_log.info("grid %s: %d cells ok, %d failed, %d already done", grid.name, summary.ok, summary.failed,
+                     summary.skipped)
     summary.seconds = time.perf_counter() - start
     return summary

@@ -24,6 +24,7 @@ from ..config import build_model
 from ..data import H5DataLoader
 from ..distill import DistillConfig, ExFMStudent, export_serving_model
 from .grid import Cell, model_params
+from .logging_run import LossTermMeter, format_list, run_log
 from .stages import (EVAL_BATCH, Context, PreparedData, bars_params, constant_metrics, evaluate_predictions,
                      jsonable_params, labels_and_groups, load_feature_map, train_one_pass,
                      training_options)
@@ -100,17 +101,23 @@ def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inpu
             _load_named_optimizer_state(student, saved["optimizers"])
         extra = [last.fm_column] if last.fm_column else []
         rows = secs = 0.0
+        terms: dict[str, float] = {}
         for p in range(passes):
             loader = H5DataLoader(fmap, last.file, batch_size=params["batch_size"], shuffle=True,
                                   seed=cell.seed * 1000 + last.day * 10 + p, extra_columns=extra)
-            r, s = train_one_pass(student, loader, f"VM {cell.student}/{config.method} day {last.day}",
+            meter = LossTermMeter(loader, student)
+            r, s = train_one_pass(student, meter, f"VM {cell.student}/{config.method} day {last.day}",
                                   ctx.progress)
             rows, secs = rows + r, secs + s
+            terms = meter.means()
+            run_log.info("[Train] VM %s/%s day %d pass %d/%d: %d rows, %.1f s - loss %s", cell.student,
+                         config.method, last.day, p + 1, passes, r, s, format_list(terms))
         torch.save({"student": student.state_dict(), "optimizers": _named_optimizer_state(student)}, tmp / STATE)
         torch.save(export_serving_model(student).state_dict(), tmp / SERVING)
         total = rows + (parent[2]["train_rows"] if parent else 0)
         return {"train_rows": int(total), "day_rows": int(rows), "train_seconds": secs,
-                "train_samples_per_s": rows / max(secs, 1e-9), "method_in_force": config.method}
+                "train_samples_per_s": rows / max(secs, 1e-9), "method_in_force": config.method,
+                "loss_terms": terms}
 
     return ctx.store.build("vm", spec, build)
 
