@@ -6,11 +6,12 @@ import sys
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a grid (yaml_configs/grids/*.yaml) through the streaming protocol",
+    p = sub.add_parser("run", help="run a grid (a shipped name or a YAML file) through the streaming protocol",
                        description="Expand a grid into content-addressed steps (prep, FM per day, DAS per "
                                    "FM and day, VM per cell), run what is not done yet, append one record "
                                    "per cell to RESULTS/records/<grid>.jsonl.")
-    p.add_argument("--grid", required=True, nargs="+", metavar="GRID", help="grid file(s)")
+    p.add_argument("--grid", required=True, nargs="+", metavar="GRID",
+                   help="grid file(s) or shipped grid name(s) (exfm grids lists them)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="real dataset files (the grid's real_source format) instead of synthetic data")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
@@ -39,7 +40,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch intra-op threads (default: torch's); small models on a few cores train "
                         "faster as several 1-thread runs of different grids than as one run on all cores")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars and no per-cell console lines (unless -v); RESULTS/logs/<grid>.log "
+                        "keeps them")
     p.set_defaults(func=run_run)
 
 
@@ -75,7 +78,8 @@ def run_run(args: argparse.Namespace) -> int:
                                    das_engine=args.das_engine, progress=not args.no_progress)
         else:
             summary = run_grid(grid, args.work, args.results, device=args.device, das_engine=args.das_engine,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress,
+                               follow=not args.no_progress or getattr(args, "verbose", False))
         print(f"grid {summary.grid}: {summary.ok} cells ok, {summary.failed} failed, {summary.skipped} already "
               f"done, {summary.seconds:.0f} s -> {summary.records_path}")
         for failure in summary.failures:
