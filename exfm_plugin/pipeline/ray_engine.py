@@ -64,7 +64,8 @@ class StepTask:
 
 @dataclass
 class RaySummary(RunSummary):
-    """A run's counts plus what the engine did: steps run and their in-task seconds."""
+    """A run's counts plus what the engine did: steps run and their in-task seconds (the data
+    task, prep, first: it is a task but not in :attr:`steps`)."""
 
     steps: int = 0
     step_runs: list[StepRun] = field(default_factory=list)
@@ -106,9 +107,11 @@ def _context(task: StepTask, store: ArtifactStore) -> Context:
 
 
 @ray.remote
-def _data_task(task: StepTask) -> PreparedData:
+def _data_task(task: StepTask) -> tuple[PreparedData, StepRun]:
     _setup_worker(task)
-    return prepare_data(_context(task, ArtifactStore(task.store_root)))
+    start = time.perf_counter()
+    prep = prepare_data(_context(task, ArtifactStore(task.store_root)))
+    return prep, StepRun(prep.key, "prep", time.perf_counter() - start, True)
 
 
 @ray.remote
@@ -176,7 +179,7 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
     hooks = {k: os.environ[k] for k in (CRASH_ENV, BARRIER_ENV) if os.environ.get(k)}
     base = StepTask(grid, store_root, os.getcwd(), max(1, int(cpus_per_step)), gpus_per_step > 0, das_engine,
                     hooks=hooks)
-    prep = ray.get(_data_task.options(**options).remote(base))
+    prep, data_run = ray.get(_data_task.options(**options).remote(base))
     plan_start = time.perf_counter()
     graph = plan(grid, store_root, prep, jobs, run_job)
     summary.plan_seconds = time.perf_counter() - plan_start
@@ -235,4 +238,4 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
             if not waiting[i]:
                 finish(i)
     bar.close()
-    summary.step_runs = list(runs.values())
+    summary.step_runs = [data_run, *runs.values()]
