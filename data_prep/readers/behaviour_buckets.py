@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from .common import CsvTable, open_binary
 
@@ -39,31 +40,35 @@ logger = logging.getLogger(__name__)
 SEQ_COLUMNS = {"cate_his": ("cate", pl.Int64), "brand_his": ("brand", pl.Int64), "btag_his": ("btag", pl.String)}
 KEY = ["userid", "time"]
 HASH_SEED = 0x5EED
-BUCKET_ROWS = 4_000_000    # behaviours per bucket: ~0.6 GB to sort and index one
-BLOCK_BYTES = 32 << 20     # CSV bytes parsed at a time
+BUCKET_ROWS = 2_000_000    # behaviours per bucket: ~0.2 GB to index one
+BLOCK_BYTES = 8 << 20      # CSV bytes parsed at a time (~260K log rows)
 MAX_BUCKETS = 512          # bucket files open at once while partitioning
-ROW_GROUP = 16_384         # store row groups: small, so a time-range read skips the rest
+ROW_GROUP = 16_384         # impression keys per as-of step and store row group (time-range reads skip the rest)
 
 
 class BehaviorIndex:
-    """One set of behaviours sorted by (user, time), to cut each impression's history by search.
+    """One set of behaviours ordered by (user, time), to cut each impression's history by search.
 
     For an impression (u, t) the history is the user's behaviours with time < t: one binary
     search on the combined key (user, time) gives its end, the user's first row its start, so
-    attaching histories costs O(n log m) with no per-row Python. Rows with equal (user, time)
-    keep their input order (a stable sort), so give them in file order.
+    attaching histories costs O(n log m) with no per-row Python. Only the keys are sorted
+    (stably: rows with equal (user, time) keep their input order, so give them in file order);
+    the value columns stay as given and are gathered through the sort order.
     """
 
     def __init__(self, behaviors: pl.DataFrame, max_len: int) -> None:
         self.max_len = max_len
-        b = behaviors.sort(["user", "time_stamp"], maintain_order=True)
-        self.users = np.unique(b["user"].to_numpy())
-        self.t0 = int(b["time_stamp"].min()) if b.height else 0
-        codes = np.searchsorted(self.users, b["user"].to_numpy()).astype(np.int64)
-        self.keys = self._key(codes, b["time_stamp"].to_numpy())
-        # first behaviour row of each user (rows are sorted by user)
-        self.user_start = np.searchsorted(codes, np.arange(len(self.users) + 1), side="left")
-        self.columns = {name: b[src] for name, (src, _) in SEQ_COLUMNS.items()}
+        user, time = behaviors["user"], behaviors["time_stamp"]
+        self.users = user.unique().sort().to_numpy()
+        self.t0 = int(time.min()) if behaviors.height else 0
+        codes = (user.rank("dense").cast(pl.Int64) - 1).to_numpy()  # index into self.users
+        keys = self._key(codes, time.to_numpy())
+        self.order = pl.DataFrame({"k": keys}).select(pl.arg_sort_by("k", maintain_order=True)).to_series().to_numpy()
+        self.keys = keys[self.order]
+        # first row (in key order) of each user
+        self.user_start = np.zeros(len(self.users) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(codes, minlength=len(self.users)), out=self.user_start[1:])
+        self.columns = {name: behaviors[src] for name, (src, _) in SEQ_COLUMNS.items()}
 
     def _key(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
         # times before the log starts clip to 0: they have no earlier behaviour anyway
@@ -86,11 +91,12 @@ class BehaviorIndex:
         lens = end - start
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
-        idx = pl.Series(np.repeat(start - offsets[:-1], lens) + np.arange(offsets[-1], dtype=np.int64))
+        pos = np.repeat(start - offsets[:-1], lens) + np.arange(offsets[-1], dtype=np.int64)
+        rows = pl.Series(self.order[pos])
         cols = {}
         for name, src in self.columns.items():
             # polars has no list-from-offsets constructor; arrow does (zero copy)
-            values = src.gather(idx).to_arrow()
+            values = src.gather(rows).to_arrow()
             cols[name] = pl.Series(name, pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values))
         return df.with_columns(**cols)
 
@@ -180,14 +186,21 @@ class BucketedSequences:
             path = self._bucket_path(b)
             if not path.exists():
                 continue  # no behaviour of these users: empty sequences
-            behaviours = pl.read_ipc(path)
-            seqs = BehaviorIndex(behaviours, self.max_len).attach(bucket_keys.sort("time"))
-            del behaviours
+            index = BehaviorIndex(pl.read_ipc(path), self.max_len)
             path.unlink()
-            seqs = seqs.filter(pl.col("cate_his").list.len() > 0)
-            if seqs.height:
-                out = self.dir / f"seq_{b:04d}.parquet"
-                seqs.write_parquet(out, row_group_size=ROW_GROUP, statistics=True)
+            out = self.dir / f"seq_{b:04d}.parquet"
+            writer: pq.ParquetWriter | None = None
+            bucket_keys = bucket_keys.sort("time")
+            for start in range(0, bucket_keys.height, ROW_GROUP):  # in time order: row groups by time
+                seqs = index.attach(bucket_keys.slice(start, ROW_GROUP)).filter(pl.col("cate_his").list.len() > 0)
+                if not seqs.height:
+                    continue
+                table = seqs.to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(out, table.schema, compression="lz4")
+                writer.write_table(table.cast(writer.schema))
+            if writer is not None:
+                writer.close()
                 store.append(out)
         return store
 
@@ -203,6 +216,8 @@ class BucketedSequences:
         seqs = (pl.scan_parquet(self.store).filter(pl.col("time").is_between(lo, hi))
                 .join(wanted, on=KEY, how="semi").collect())
         out = df.join(seqs, on=KEY, how="left", maintain_order="left")
+        if not out["cate_his"].null_count():
+            return out
         return out.with_columns([pl.coalesce(pl.col(name), pl.lit([], dtype=pl.List(dt))).alias(name)
                                  for name, (_, dt) in SEQ_COLUMNS.items()])
 
