@@ -46,9 +46,13 @@ def load_experiment(expid: str, model_dir: str | os.PathLike | None = None,
 
 
 def build_model(params: dict, feature_map):
-    """Instantiate ``params["model"]`` from MODEL_REGISTRY with the full params, as fuxictr's
-    ``run_expid.py`` does (``model_class(feature_map, **params)``)."""
+    """Instantiate ``params["model"]`` (a MODEL_REGISTRY name, or ``ExFMStudent``) with the full
+    params, as fuxictr's ``run_expid.py`` does (``model_class(feature_map, **params)``)."""
     name = params.get("model")
+    if name == "ExFMStudent":  # a VM with the paper's heads, named by a config (vm_model + distill)
+        from .distill import ExFMStudent
+
+        return ExFMStudent(feature_map, **params)
     if name not in MODEL_REGISTRY:
         raise ValueError(f"model={name!r} is not a known model; expected one of {sorted(MODEL_REGISTRY)}")
     return MODEL_REGISTRY[name](feature_map, **params)

@@ -130,9 +130,30 @@ def add_das_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------- publish
+def _fuxictr_config_dir(path: str) -> str | None:
+    """The FuxiCTR config folder ``path`` belongs to (a folder holding ``model_config/*.yaml`` or
+    ``model_config.yaml``, or one of those files), or None for a standalone file."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return path
+    folder = os.path.dirname(path)
+    if os.path.basename(folder) == "model_config":
+        return os.path.dirname(folder)
+    return folder if os.path.basename(path) == "model_config.yaml" else None
+
+
 def _load_params(text: str, expid: str | None) -> dict[str, Any]:
     import yaml
 
+    config_dir = _fuxictr_config_dir(text) if expid is not None and os.path.exists(text) else None
+    if config_dir is not None:  # FuxiCTR's layout: the Base block may live in another file
+        from fuxictr.utils import load_model_config
+
+        try:
+            return load_model_config(config_dir, expid)
+        except (RuntimeError, AssertionError) as exc:
+            raise ValueError(f"--model-params {text} --expid {expid}: {exc or 'expid not found'} "
+                             f"(FuxiCTR config folder {config_dir})") from None
     if os.path.isfile(text):
         with open(text) as f:
             data = json.load(f) if text.endswith(".json") else yaml.safe_load(f)

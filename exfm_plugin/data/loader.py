@@ -76,6 +76,9 @@ class H5DataLoader:
             window); keep it a power of two to match the file's HDF5 chunks.
         extra_columns: further columns to put in each batch (``"fm_pred"``,
             ``"fm_pred/click"``, ``"example_id"``); floats come as float32, ints as int64.
+        train_extra_columns: further columns for the ``train`` split only (the FM supervision:
+            a config's loader params reach every split through fuxictr's ``RankDataLoader``,
+            and the validation/test days carry no ``fm_pred``).
         device: ``None`` streams from disk on the host. A torch device (``"cuda:0"``,
             ``"cpu"``) loads every file's columns onto it once, then shuffles with
             ``torch.randperm`` on that device and slices batches there. ``meta`` features
@@ -89,11 +92,15 @@ class H5DataLoader:
     def __init__(self, feature_map, data_path, split: str = "train", batch_size: int = 32,
                  shuffle: bool = False, seed: int | None = None, chunk_rows: int = 262144,
                  extra_columns: Sequence[str] = (), device: str | torch.device | None = None,
-                 drop_last: bool = False, allow_missing_labels: bool = False, **kwargs: Any) -> None:
+                 drop_last: bool = False, allow_missing_labels: bool = False,
+                 train_extra_columns: Sequence[str] = (), **kwargs: Any) -> None:
         if batch_size < 1 or chunk_rows < 1:
             raise ValueError(f"batch_size={batch_size} and chunk_rows={chunk_rows} must be >= 1")
         if isinstance(extra_columns, str):
             extra_columns = (extra_columns,)
+        if split == "train":
+            extra_columns = tuple(extra_columns) + tuple(
+                [train_extra_columns] if isinstance(train_extra_columns, str) else train_extra_columns or ())
         self.feature_map = feature_map
         self.files = _resolve_paths(data_path)
         self.split = split

@@ -11,6 +11,7 @@ import logging
 import os
 
 import torch
+from fuxictr.features import FeatureMap
 from fuxictr.pytorch.models import BaseModel
 from torch import nn
 
@@ -68,14 +69,20 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
     """A VM trained with ``none | kd | ah | ah_sa | ah_sa_frozen`` (the paper's Algorithm 1)."""
 
     def __init__(self, vm, config: DistillConfig | None = None, model_id: str | None = None,
-                 optimizer: str | None = None, learning_rate: float | None = None):
+                 optimizer: str | None = None, learning_rate: float | None = None, **params):
+        if isinstance(vm, FeatureMap):  # FuxiCTR's way: ExFMStudent(feature_map, **params) from a config
+            named = {"model_id": model_id, "optimizer": optimizer, "learning_rate": learning_rate}
+            vm, config = vm_from_params(vm, {**{k: v for k, v in named.items() if v is not None}, **params})
+        elif params:
+            raise TypeError(f"ExFMStudent(vm, ...) got unexpected argument(s) {sorted(params)}; config params "
+                            f"go with ExFMStudent(feature_map, **params)")
         check_protocol(vm)
         if config is not None and not isinstance(config, DistillConfig):
             raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
         config = config or DistillConfig()
         gpu = vm.device.index if vm.device.type == "cuda" else -1
         super().__init__(vm.feature_map,
-                         model_id=model_id or f"{vm.model_id}_{config.method}",
+                         model_id=model_id or params.get("model_id") or f"{vm.model_id}_{config.method}",
                          gpu=gpu,
                          verbose=vm._verbose,
                          model_root=os.path.dirname(vm.model_dir),
@@ -243,6 +250,26 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
         result = super().fit(data_generator, epochs, validation_data, max_gradient_norm, **kwargs)
         self.check_teacher_supervision()
         return result
+
+
+STUDENT_KEYS = ("vm_model", "distill")  # what a config's ExFMStudent expid adds to its VM's params
+
+
+def vm_from_params(feature_map, params: dict) -> tuple:
+    """The VM and DistillConfig an ``ExFMStudent`` expid names: ``vm_model`` (a MODEL_REGISTRY
+    name, built with the expid's other params, as fuxictr's run_expid builds any model) and the
+    ``distill`` block (DistillConfig's fields; unknown keys refused)."""
+    from ..models import MODEL_REGISTRY
+
+    name = params.get("vm_model")
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"model: ExFMStudent needs vm_model, one of {sorted(MODEL_REGISTRY)}; got {name!r}")
+    distill = params.get("distill") or {}
+    if not isinstance(distill, dict):
+        raise ValueError(f"distill={distill!r}: expected a mapping of DistillConfig fields")
+    vm_params = {k: v for k, v in params.items() if k not in STUDENT_KEYS + ("model",)}
+    vm_params["model_id"] = f"{params.get('model_id', 'ExFMStudent')}_vm"
+    return MODEL_REGISTRY[name](feature_map, **vm_params), DistillConfig.from_dict(distill)
 
 
 def export_serving_model(student: ExFMStudent):
