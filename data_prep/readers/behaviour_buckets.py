@@ -9,14 +9,16 @@ block or one bucket:
    on disk by a hash of the user. A user's behaviours all land in one bucket, in file order.
 2. **as-of pass**: per bucket, the behaviours are indexed by (user, time) and the distinct
    (user, time) keys of that bucket's impressions get their last ``max_len`` behaviours
-   strictly before the time (:class:`BehaviorIndex`); the sequences are written to a
-   parquet file of that bucket, sorted by time.
+   strictly before the time (:class:`BehaviorIndex`), a few thousand keys at a time; the
+   sequences are appended to the file of their **time slab** (a window of the impressions'
+   time holding about ``slab_keys`` keys), and the bucket file is deleted.
 3. **attach**: :class:`BucketedSequences` (the reader's ``add_sequences``) joins any slice of
-   the impressions to the stored sequences of its time range, read with parquet predicate
-   push-down; keys absent from the store have no earlier behaviour and get empty lists.
+   the impressions to the slabs its time range overlaps; keys absent from the store have
+   no earlier behaviour and get empty lists.
 
 The number of buckets is chosen from the log's estimated row count so a bucket holds about
-``bucket_rows`` behaviours: peak memory is set by ``bucket_rows`` and ``block_bytes``.
+``bucket_rows`` behaviours: the memory of passes 1-2 is set by ``block_bytes`` and
+``bucket_rows``, that of pass 3 by the slice asked for; none grows with the log.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
 from .common import CsvTable, open_binary
 
@@ -42,8 +43,9 @@ KEY = ["userid", "time"]
 HASH_SEED = 0x5EED
 BUCKET_ROWS = 2_000_000    # behaviours per bucket: ~0.2 GB to index one
 BLOCK_BYTES = 8 << 20      # CSV bytes parsed at a time (~260K log rows)
-MAX_BUCKETS = 512          # bucket files open at once while partitioning
-ROW_GROUP = 16_384         # impression keys per as-of step and store row group (time-range reads skip the rest)
+MAX_BUCKETS = 512          # bucket (or slab) files open at once
+STEP_KEYS = 16_384         # impression keys per as-of step
+SLAB_KEYS = 65_536         # impression keys per time slab of the sequence store
 
 
 class BehaviorIndex:
@@ -123,20 +125,45 @@ def estimate_rows(path: Path, block_bytes: int = 4 << 20) -> int:
     return int(math.ceil(lines * size / max(raw_read, 1)))
 
 
+class _AppendFiles:
+    """One Arrow IPC file (lz4) per key, appended to batch by batch; the first batch sets the schema."""
+
+    def __init__(self, path_of) -> None:
+        self.path_of = path_of
+        self.writers: dict[int, ipc.RecordBatchFileWriter] = {}
+        self.schema: pa.Schema | None = None
+
+    def write(self, frame: pl.DataFrame, by: str) -> None:
+        for (k,), rows in frame.partition_by(by, as_dict=True, include_key=False).items():
+            table = rows.to_arrow()
+            if self.schema is None:
+                self.schema = table.schema
+            if k not in self.writers:
+                self.writers[k] = ipc.new_file(self.path_of(k), self.schema,
+                                               options=ipc.IpcWriteOptions(compression="lz4"))
+            self.writers[k].write_table(table.cast(self.schema))
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
 class BucketedSequences:
     """The behaviour log split by user into bucket files, and the sequences of every
     impression key computed bucket by bucket; called on a slice of the impressions, returns it
     with ``cate_his``, ``brand_his``, ``btag_his`` (the reader's ``add_sequences``).
 
-    The work files live in ``work_dir`` (a fresh temporary directory by default) and are
-    deleted when this object is garbage collected.
+    The sequences are stored by time slab (a window of about ``slab_keys`` impression keys),
+    so a call reads only the slabs its time range overlaps: memory follows the slice, not the
+    dataset. The work files live in ``work_dir`` (a fresh temporary directory by default) and
+    are deleted when this object is garbage collected.
     """
 
     def __init__(self, log: CsvTable, impressions: pl.DataFrame, *, max_len: int,
                  work_dir: str | Path | None = None, bucket_rows: int = BUCKET_ROWS,
-                 block_bytes: int = BLOCK_BYTES) -> None:
-        if bucket_rows < 1:
-            raise ValueError(f"bucket_rows must be positive, got {bucket_rows}")
+                 block_bytes: int = BLOCK_BYTES, slab_keys: int = SLAB_KEYS) -> None:
+        if bucket_rows < 1 or slab_keys < 1:
+            raise ValueError(f"bucket_rows and slab_keys must be positive, got {bucket_rows}, {slab_keys}")
         self.max_len = max_len
         if work_dir is not None:
             Path(work_dir).mkdir(parents=True, exist_ok=True)
@@ -146,19 +173,27 @@ class BucketedSequences:
         self.n_buckets = int(min(MAX_BUCKETS, max(1, math.ceil(est / bucket_rows))))
         keys = (impressions.select(KEY).drop_nulls().unique()
                 .with_columns(bucket_of(pl.col("userid"), self.n_buckets).alias("__bucket")))
+        # slab edges: the time of every slab_keys-th key (a time never straddles two slabs)
+        times = np.sort(keys["time"].to_numpy())
+        n_slabs = min(MAX_BUCKETS, max(1, math.ceil(len(times) / slab_keys)))
+        self.edges = np.unique(times[np.linspace(0, len(times), n_slabs, endpoint=False).astype(np.int64)[1:]])
         self.log_rows, self.kept_rows = self._partition(log, keys["userid"].unique(), block_bytes)
-        self.store = self._as_of(keys)
-        logger.info("behaviour log: %d rows (%d of impression users) in %d buckets; %d impression keys",
-                    self.log_rows, self.kept_rows, self.n_buckets, keys.height)
+        self.slabs = self._as_of(keys)
+        logger.info("behaviour log: %d rows (%d of impression users) in %d buckets; %d impression keys "
+                    "in %d time slabs", self.log_rows, self.kept_rows, self.n_buckets, keys.height, len(self.slabs))
 
     def _bucket_path(self, b: int) -> Path:
         return self.dir / f"log_{b:04d}.arrow"
 
+    def _slab_path(self, s: int) -> Path:
+        return self.dir / f"seq_{s:04d}.arrow"
+
+    def _slab_of(self, times: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.edges, times, side="right").astype(np.int32)
+
     def _partition(self, log: CsvTable, users: pl.Series, block_bytes: int) -> tuple[int, int]:
         """Pass 1: the log's rows of ``users``, appended to their bucket file in file order."""
-        writers: dict[int, ipc.RecordBatchFileWriter] = {}
-        schema: pa.Schema | None = None
-        opts = ipc.IpcWriteOptions(compression="lz4")
+        files = _AppendFiles(self._bucket_path)
         seen = kept = 0
         try:
             for frame in log.iter_frames(block_bytes):
@@ -167,54 +202,41 @@ class BucketedSequences:
                         .select(["user", "time_stamp", "btag", "cate", "brand"])
                         .with_columns(bucket_of(pl.col("user"), self.n_buckets).alias("__bucket")))
                 kept += part.height
-                for (b,), rows in part.partition_by("__bucket", as_dict=True, include_key=False).items():
-                    table = rows.to_arrow()
-                    if schema is None:
-                        schema = table.schema
-                    if b not in writers:
-                        writers[b] = ipc.new_file(self._bucket_path(b), schema, options=opts)
-                    writers[b].write_table(table.cast(schema))
+                files.write(part, "__bucket")
         finally:
-            for w in writers.values():
-                w.close()
+            files.close()
         return seen, kept
 
-    def _as_of(self, keys: pl.DataFrame) -> list[Path]:
-        """Pass 2: per bucket, the sequences of its impression keys, stored sorted by time."""
-        store = []
-        for (b,), bucket_keys in keys.partition_by("__bucket", as_dict=True, include_key=False).items():
-            path = self._bucket_path(b)
-            if not path.exists():
-                continue  # no behaviour of these users: empty sequences
-            index = BehaviorIndex(pl.read_ipc(path), self.max_len)
-            path.unlink()
-            out = self.dir / f"seq_{b:04d}.parquet"
-            writer: pq.ParquetWriter | None = None
-            bucket_keys = bucket_keys.sort("time")
-            for start in range(0, bucket_keys.height, ROW_GROUP):  # in time order: row groups by time
-                seqs = index.attach(bucket_keys.slice(start, ROW_GROUP)).filter(pl.col("cate_his").list.len() > 0)
-                if not seqs.height:
-                    continue
-                table = seqs.to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(out, table.schema, compression="lz4")
-                writer.write_table(table.cast(writer.schema))
-            if writer is not None:
-                writer.close()
-                store.append(out)
-        return store
+    def _as_of(self, keys: pl.DataFrame) -> set[int]:
+        """Pass 2: per bucket, the sequences of its impression keys, appended to their time slab."""
+        files = _AppendFiles(self._slab_path)
+        try:
+            for (b,), bucket_keys in keys.partition_by("__bucket", as_dict=True, include_key=False).items():
+                path = self._bucket_path(b)
+                if not path.exists():
+                    continue  # no behaviour of these users: empty sequences
+                index = BehaviorIndex(pl.read_ipc(path), self.max_len)
+                path.unlink()
+                for start in range(0, bucket_keys.height, STEP_KEYS):
+                    seqs = index.attach(bucket_keys.slice(start, STEP_KEYS)).filter(pl.col("cate_his").list.len() > 0)
+                    slab = pl.Series("__slab", self._slab_of(seqs["time"].to_numpy()))
+                    files.write(seqs.with_columns(slab), "__slab")
+        finally:
+            files.close()
+        return set(files.writers)
 
     def __call__(self, df: pl.DataFrame) -> pl.DataFrame:
         """``df`` (``userid``, ``time`` and any columns) plus its three behaviour sequences."""
-        if df.height == 0 or not self.store:
-            return empty_sequences(df)
         times = df["time"].drop_nulls()
         if times.len() == 0:
             return empty_sequences(df)
         lo, hi = int(times.min()), int(times.max())
+        first, last = self._slab_of(np.array([lo, hi]))
+        paths = [self._slab_path(s) for s in range(first, last + 1) if s in self.slabs]
+        if not paths:
+            return empty_sequences(df)
         wanted = df.select(KEY).drop_nulls().unique().lazy()
-        seqs = (pl.scan_parquet(self.store).filter(pl.col("time").is_between(lo, hi))
-                .join(wanted, on=KEY, how="semi").collect())
+        seqs = pl.scan_ipc(paths).join(wanted, on=KEY, how="semi").collect()
         out = df.join(seqs, on=KEY, how="left", maintain_order="left")
         if not out["cate_his"].null_count():
             return out

@@ -13,6 +13,10 @@ Parsing is strict on the fast path (polars raises on the first bad cell). When t
 :meth:`CsvTable.diagnose` rescans the file to find the first bad cell and raises a
 :class:`~data_prep.errors.DataFormatError` naming the file, column, row and expectation,
 so the happy path pays nothing for the good error messages.
+
+Every file may also come gzipped (``train.csv.gz``): :func:`find_file` looks for both
+spellings and polars decompresses while it scans. A file too large for memory (the 23 GB
+TaobaoAd behaviour log) is parsed block by block with :meth:`CsvTable.iter_frames`.
 """
 from __future__ import annotations
 

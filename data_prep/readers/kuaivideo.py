@@ -4,7 +4,8 @@ Files: ``train.csv`` / ``test.csv`` (``timestamp, user_id, item_id, is_click, is
 is_follow, pos_items, neg_items``; sequences ``^``-joined) and ``item_visual_emb_dim64.h5``
 (datasets ``key``: item ids, ``value``: N x 64 frozen visual embeddings). The timestamp is
 relative (order is known, calendar days are not), so ``time_kind`` is ``"relative"``.
-Rows are put in timestamp order (ties keep file order, train before test).
+Rows are put in timestamp order (ties keep file order, train before test). The CSV files may
+be gzipped (``train.csv.gz``, ``test.csv.gz``).
 """
 from __future__ import annotations
 

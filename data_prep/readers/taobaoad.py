@@ -8,9 +8,13 @@ Two sources:
   ``cate_his``, ``brand_his``, ``btag_his`` of an impression are the user's last 50
   behaviours **strictly before** the impression's second, **most recent last**; they are
   aligned (position i of the three lists is one behaviour; a missing brand stays a null
-  there so the lists keep their alignment).
+  there so the lists keep their alignment). The log is never held in memory: it is split by
+  user into bucket files on disk and the sequences are computed bucket by bucket
+  (:mod:`.behaviour_buckets`).
 - ``bars``: BARS ``TaobaoAd_x1`` ``train.csv`` / ``test.csv`` (sequences ``^``-joined, no
   timestamp: ``time`` is the row's position, train rows first).
+
+Every file may be gzipped (``raw_sample.csv.gz``, ``train.csv.gz``, ...).
 
 The raw impression has no behaviour type of its own, while BARS carries a ``btag`` column
 that shares its embedding with ``btag_his``; the raw reader sets it to the constant token
@@ -26,7 +30,7 @@ import polars as pl
 
 from ..errors import DataFormatError
 from .behaviour_buckets import BehaviorIndex  # noqa: F401  (re-exported: the one in-memory as-of index)
-from .behaviour_buckets import BLOCK_BYTES, BUCKET_ROWS, BucketedSequences, empty_sequences
+from .behaviour_buckets import BLOCK_BYTES, BUCKET_ROWS, SLAB_KEYS, BucketedSequences, empty_sequences
 from .common import CsvTable, ReadResult, check_not_empty, collect_checked, find_file
 
 logger = logging.getLogger(__name__)
@@ -99,12 +103,14 @@ def scan_raw_impressions(tables: dict[str, CsvTable | None]) -> pl.LazyFrame:
 
 
 def read_raw(input_dir: str | Path, *, max_len: int = MAX_LEN, work_dir: str | Path | None = None,
-             bucket_rows: int = BUCKET_ROWS, block_bytes: int = BLOCK_BYTES) -> ReadResult:
+             bucket_rows: int = BUCKET_ROWS, block_bytes: int = BLOCK_BYTES,
+             slab_keys: int = SLAB_KEYS) -> ReadResult:
     """Read the raw Alibaba files of ``input_dir`` (``.csv`` or ``.csv.gz``) into the canonical frame.
 
     The behaviour log is never loaded whole: it is split by user into bucket files under
     ``work_dir`` (default: a temporary directory) and the sequences are computed bucket by
-    bucket (:mod:`.behaviour_buckets`); ``bucket_rows`` and ``block_bytes`` bound the memory.
+    bucket (:mod:`.behaviour_buckets`); ``bucket_rows``, ``block_bytes`` and ``slab_keys``
+    bound the memory.
     """
     tables = _raw_tables(input_dir)
     used = [t for t in tables.values() if t is not None]
@@ -121,7 +127,7 @@ def read_raw(input_dir: str | Path, *, max_len: int = MAX_LEN, work_dir: str | P
         result.add_sequences = empty_sequences
         return result
     sequences = BucketedSequences(behavior, frame, max_len=max_len, work_dir=work_dir,
-                                  bucket_rows=bucket_rows, block_bytes=block_bytes)
+                                  bucket_rows=bucket_rows, block_bytes=block_bytes, slab_keys=slab_keys)
     result.add_sequences = sequences
     result.extra["behaviour_buckets"] = sequences.n_buckets
     result.notes.append(f"sequences: last {max_len} behaviours strictly before the impression, most recent last")

@@ -67,13 +67,15 @@ def check_against_brute_force(full: pl.DataFrame, log: list[tuple]) -> None:
         assert (row["cate_his"], row["brand_his"], row["btag_his"]) == (cate, brand, btag), row
 
 
-@pytest.mark.parametrize("bucket_rows,block_bytes", [(10 ** 9, 32 << 20), (60, 300), (7, 64)])
-def test_bucketed_sequences_equal_brute_force(tmp_path, bucket_rows, block_bytes):
+@pytest.mark.parametrize("bucket_rows,block_bytes,slab_keys", [(10 ** 9, 32 << 20, 10 ** 6), (60, 300, 16),
+                                                             (7, 64, 3)])
+def test_bucketed_sequences_equal_brute_force(tmp_path, bucket_rows, block_bytes, slab_keys):
     imps, log = write_raw(tmp_path / "raw")
     res = taobaoad.read_raw(tmp_path / "raw", bucket_rows=bucket_rows, block_bytes=block_bytes,
-                            work_dir=tmp_path / "work")
+                            slab_keys=slab_keys, work_dir=tmp_path / "work")
     if bucket_rows < 100:
         assert res.extra["behaviour_buckets"] > 5  # really split
+        assert len(res.add_sequences.slabs) > 5
     full = res.full_frame()
     assert full.height == len(imps)
     assert full.select("userid", "time").equals(res.frame.select("userid", "time"))
@@ -89,7 +91,7 @@ def test_bucketed_sequences_equal_brute_force(tmp_path, bucket_rows, block_bytes
 def test_bucketed_equals_in_memory_index(tmp_path):
     """Byte-identical to the previous reader: one in-memory index over the whole log."""
     write_raw(tmp_path / "raw", seed=1)
-    res = taobaoad.read_raw(tmp_path / "raw", bucket_rows=25, block_bytes=128)
+    res = taobaoad.read_raw(tmp_path / "raw", bucket_rows=25, block_bytes=128, slab_keys=7)
     log = pl.read_csv(tmp_path / "raw" / "behavior_log.csv", schema_overrides={"brand": pl.Int64})
     expected = BehaviorIndex(log, 50).attach(res.frame)
     got = res.full_frame()
@@ -99,13 +101,13 @@ def test_bucketed_equals_in_memory_index(tmp_path):
 
 def test_gz_behaviour_log_same_sequences(tmp_path):
     write_raw(tmp_path / "raw", seed=2)
-    plain = taobaoad.read_raw(tmp_path / "raw", bucket_rows=40, block_bytes=256).full_frame()
+    plain = taobaoad.read_raw(tmp_path / "raw", bucket_rows=40, block_bytes=256, slab_keys=9).full_frame()
     for name in ("behavior_log.csv", "raw_sample.csv"):
         p = tmp_path / "raw" / name
         with open(p, "rb") as src, gzip.open(str(p) + ".gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
         p.unlink()
-    res = taobaoad.read_raw(tmp_path / "raw", bucket_rows=40, block_bytes=256)
+    res = taobaoad.read_raw(tmp_path / "raw", bucket_rows=40, block_bytes=256, slab_keys=9)
     assert res.files["behavior_log"].endswith("behavior_log.csv.gz")
     assert res.full_frame().equals(plain)
 
