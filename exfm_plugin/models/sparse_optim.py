@@ -237,12 +237,22 @@ class LazyAdam(torch.optim.Adam):
                              f"(it has no lazy form); use the model's regularizers")
 
 
+def check_learning_rate(lr: object) -> None:
+    """Refuse a learning rate that is not a number >= 0 by name (fuxictr's get_optimizer would
+    report it as "optimizer=... is not supported")."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+        from ..errors import InputError
+        raise InputError(f"learning_rate {lr!r} is not a learning rate", where="the model's learning_rate",
+                         expected="a number >= 0, e.g. 1.0e-3")
+
+
 def build_optimizer(optimizer: str | type, params: Iterable[nn.Parameter], lr: float,
                     embedding_update: str) -> torch.optim.Optimizer:
     """fuxictr's ``get_optimizer`` for ``dense``; :class:`LazyAdam` for ``sparse``, which
     only has an Adam form, so any other optimizer name is an error."""
     if embedding_update not in EMBEDDING_UPDATES:
         raise ValueError(f"embedding_update={embedding_update!r} is not one of {list(EMBEDDING_UPDATES)}")
+    check_learning_rate(lr)
     if embedding_update == "dense":
         from fuxictr.pytorch.torch_utils import get_optimizer
         return get_optimizer(optimizer, params, lr)

@@ -26,8 +26,8 @@ from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from fuxictr.pytorch.torch_utils import get_regularizer
 from torch import nn
 
-from .sparse_optim import (EMBEDDING_UPDATES, build_optimizer, clip_grad_norm_, enable_sparse_embeddings,
-                           lookup_rows, union_rows)
+from .sparse_optim import (EMBEDDING_UPDATES, build_optimizer, check_learning_rate, clip_grad_norm_,
+                           enable_sparse_embeddings, lookup_rows, union_rows)
 
 PRECISIONS = ("fp32", "bf16")
 TRAINING_OPTIONS = ("embedding_update", "precision", "torch_compile")
@@ -85,6 +85,7 @@ class TrainingOptionsMixin:
     def compile(self, optimizer, loss, lr):
         """fuxictr's compile; with ``sparse`` the embedding tables turn row-sparse and the
         optimizer is :class:`LazyAdam`. Call it once every layer exists (as fuxictr models do)."""
+        check_learning_rate(lr)
         super().compile(optimizer, loss, lr)
         if self.embedding_update == "sparse":
             self._sparse_tables = enable_sparse_embeddings(self, record_rows=bool(self._embedding_regularizer))
