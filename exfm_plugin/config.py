@@ -8,6 +8,9 @@ optional separate dataset folder.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import glob
 import os
 
 from fuxictr.utils import load_dataset_config, load_model_config
@@ -34,15 +37,29 @@ def _config_dir(path: str | os.PathLike | None) -> str:
                             f"with model_config/*.yaml or model_config.yaml")
 
 
+def _yaml_stamp(*dirs: str) -> tuple:
+    """(path, mtime, size) of every YAML file the loaders may read: a changed file changes it."""
+    files = sorted({f for d in dirs for pattern in ("*.yaml", "*/*.yaml") for f in glob.glob(os.path.join(d, pattern))})
+    return tuple((f, st.st_mtime_ns, st.st_size) for f in files for st in [os.stat(f)])
+
+
+@functools.lru_cache(maxsize=512)
+def _load_experiment(expid: str, model_dir: str, dataset_dir: str | None, stamp: tuple) -> dict:
+    params = load_model_config(model_dir, expid)
+    params.update(load_dataset_config(dataset_dir or model_dir, params["dataset_id"]))
+    return params
+
+
 def load_experiment(expid: str, model_dir: str | os.PathLike | None = None,
                     dataset_dir: str | os.PathLike | None = None) -> dict:
     """Params of one expid: ``Base`` + the expid block, then its dataset's block on top.
-    Both folders default to the shipped config folder; ``dataset_dir`` defaults to ``model_dir``."""
+    Both folders default to the shipped config folder; ``dataset_dir`` defaults to ``model_dir``.
+    Cached while the YAML files are unchanged (fuxictr parses every model config file per call,
+    ~0.05 s, and a grid step asks several times); the caller gets its own copy."""
     model_dir = _config_dir(model_dir)
-    params = load_model_config(model_dir, expid)
-    params.update(load_dataset_config(_config_dir(dataset_dir) if dataset_dir is not None else model_dir,
-                                      params["dataset_id"]))
-    return params
+    data_dir = _config_dir(dataset_dir) if dataset_dir is not None else None
+    stamp = _yaml_stamp(model_dir, *([data_dir] if data_dir else []))
+    return copy.deepcopy(_load_experiment(expid, model_dir, data_dir, stamp))
 
 
 def build_model(params: dict, feature_map):

@@ -161,11 +161,19 @@ def prepare_data(ctx: Context) -> PreparedData:
 
 
 class _PlanningContext(Context):
-    """No per-process memo while planning: every job's replay requests every step it reads, so a
-    job's record waits for all of them (a memo would hide a step shared with an earlier job)."""
+    """A memo that also remembers the steps its computation requested and requests them again on
+    a hit: every job's replay lists every step it reads, so its record waits for all of them."""
 
     def memo(self, key: tuple, fn):
-        return fn()
+        requested = self.store.requested
+        if key not in self._memo:
+            start = len(requested)
+            value = fn()  # planning reads only done steps and placeholders: an error is a real one
+            self._memo[key] = (value, requested[start:])
+        value, seen = self._memo[key]
+        if seen and requested[-len(seen):] != seen:
+            requested.extend(seen)
+        return value
 
 
 def plan(grid, store_root: str | os.PathLike, prep: PreparedData, jobs: list[Job],
