@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1,3,10", help="percent of the real size, comma-separated")
     ap.add_argument("--repeats", type=int, default=3, help="measured runs per size (files written once)")
+    ap.add_argument("--largest-repeats", type=int, default=None,
+                    help="runs at the largest size (default: --repeats); it is the expensive one")
     ap.add_argument("--slice", type=int, default=100_000, help="impressions per add_sequences call")
     ap.add_argument("--workdir", default="/tmp", help="where the raw files are written (then deleted)")
     ap.add_argument("--keep", action="store_true", help="keep the raw files")
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{pct:g}%: wrote {n['impressions']:,} impressions, {n['behaviours']:,} behaviours "
                   f"({mb:,.0f} MB CSV) in {time.perf_counter() - t:.0f} s", flush=True)
             runs[pct] = []
-            for _ in range(args.repeats):
+            reps = args.largest_repeats if pct == max(sizes) and args.largest_repeats else args.repeats
+            for _ in range(reps):
                 r = run_child(raw, args.slice)
                 r["impressions_per_s"] = r["impressions"] / r["seconds"]
                 r["behaviours_per_s"] = r["behaviours"] / r["seconds"]

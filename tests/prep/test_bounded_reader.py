@@ -134,3 +134,19 @@ def test_work_files_are_deleted(tmp_path):
     del res, seq
     gc.collect()
     assert not d.exists()
+
+
+def test_row_estimate_plain_and_gz(tmp_path):
+    """The bucket count comes from an estimate of the log's rows read off its first block."""
+    from data_prep.readers.behaviour_buckets import estimate_rows
+
+    rng = np.random.default_rng(5)
+    rows = [f"{u},{T0 + t},pv,{c},{b}\n" for u, t, c, b in rng.integers(1, 10 ** 6, (200_000, 4))]
+    p = tmp_path / "behavior_log.csv"
+    p.write_text("user,time_stamp,btag,cate,brand\n" + "".join(rows))
+    with open(p, "rb") as src, gzip.open(str(p) + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    for path in (p, Path(str(p) + ".gz")):
+        est = estimate_rows(path, block_bytes=1 << 20)
+        assert 0.8 * len(rows) < est < 1.25 * len(rows), (path.name, est)
+    assert estimate_rows(p, block_bytes=64 << 20) == len(rows)  # small file: counted exactly
