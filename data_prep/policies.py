@@ -8,8 +8,9 @@ Time window (rows with a real timestamp only):
 - TaobaoAd raw: the dataset's documented 8 days, 2017-05-06 00:00 .. 2017-05-14 00:00 Beijing
   time (UTC+8), when at least half the rows lie in it. Otherwise (a user's own log with other
   dates) the window is the 8 consecutive Beijing days holding the most rows -- but only when
-  those hold at least ``1 - MAX_OUT_OF_WINDOW`` of the rows; a log that really spans more days is
-  left to the equal-count split of :mod:`data_prep.splits`, as before.
+  those hold at least ``1 - MAX_OUT_OF_WINDOW`` of the rows and start in 2000..2099 (else, e.g. for
+  milliseconds, the documented window applies and refuses the file); a log that really spans
+  more days is left to the equal-count split of :mod:`data_prep.splits`, as before.
 - Amazon raw: ``unixReviewTime`` in 1995-01-01 .. 2015-01-01 UTC (the Electronics dump spans
   1996-05 .. 2014-07; Amazon's first reviews are from 1995).
 - KuaiVideo (relative timestamps) and the BARS files (file order): no window is documented.
@@ -44,6 +45,8 @@ N_DAYS = 8
 _BEIJING = timezone(timedelta(hours=8))
 TAOBAO_WINDOW = (date(2017, 5, 6), date(2017, 5, 14))  # [first day, day after the last), Beijing
 AMAZON_WINDOW = (date(1995, 1, 1), date(2015, 1, 1))   # UTC
+#: where a TaobaoAd-format log of other dates may lie (a UNIX-seconds clock of this century)
+OWN_DATES = (date(2000, 1, 1), date(2100, 1, 1))
 #: columns that say where a row sits, not what it is: left out of the duplicate check
 POSITION_COLUMNS = ("part",)
 
@@ -85,6 +88,9 @@ def time_window(result: ReadResult) -> tuple[int, int, str] | None:
     ends = np.searchsorted(uniq, uniq + N_DAYS)
     held = csum[ends] - csum[np.arange(len(uniq))]
     best = int(np.argmax(held))
+    first_ok, last_ok = ((d - date(1970, 1, 1)).days for d in OWN_DATES)
+    if not first_ok <= int(uniq[best]) < last_ok:  # no plausible dates at all (milliseconds?): the documented window
+        return lo, hi, f"{TAOBAO_WINDOW[0]} .. {TAOBAO_WINDOW[1] - timedelta(days=1)} Beijing time"
     if held[best] < (1 - MAX_OUT_OF_WINDOW) * len(times):
         return None  # really spans more than 8 days: the equal-count split of splits.py
     first = date(1970, 1, 1) + timedelta(days=int(uniq[best]))

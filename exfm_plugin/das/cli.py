@@ -145,6 +145,8 @@ def _fuxictr_config_dir(path: str) -> str | None:
 def _load_params(text: str, expid: str | None) -> dict[str, Any]:
     import yaml
 
+    from ..errors import InputError
+
     config_dir = _fuxictr_config_dir(text) if expid is not None and os.path.exists(text) else None
     if config_dir is not None:  # FuxiCTR's layout: the Base block may live in another file
         from fuxictr.utils import load_model_config
@@ -155,9 +157,14 @@ def _load_params(text: str, expid: str | None) -> dict[str, Any]:
             raise ValueError(f"--model-params {text} --expid {expid}: {exc or 'expid not found'} "
                              f"(FuxiCTR config folder {config_dir})") from None
     if os.path.isfile(text):
-        with open(text) as f:
-            data = json.load(f) if text.endswith(".json") else yaml.safe_load(f)
-        source = text
+        source = f"--model-params {text}"
+        try:
+            with open(text) as f:
+                data = json.load(f) if text.endswith(".json") else yaml.safe_load(f)
+        except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise InputError(f"not valid {'JSON' if text.endswith('.json') else 'YAML'} "
+                             f"({' '.join(str(exc).split())})", where=source,
+                             expected="a mapping of the model's params") from None
     else:
         try:
             data = json.loads(text)

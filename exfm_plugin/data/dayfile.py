@@ -338,7 +338,12 @@ def open_day_file(path: str | os.PathLike) -> Iterator[tuple[h5py.File, dict[str
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"day file {path} does not exist")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:  # h5py's "file signature not found" & co: not an HDF5 file, a user's error
+        raise DayFileError(f"{path}: cannot open as HDF5 ({exc}); expected a day file written by exfm prep "
+                           "or exfm_plugin.data.write_day_file") from exc
+    with f:
         attrs = _checked_attrs(f, path)
         if "base_file" in attrs:
             base = os.path.join(os.path.dirname(os.path.abspath(path)), attrs["base_file"])
