@@ -5,6 +5,8 @@ compare-and-set, so exactly one records a given snapshot and the others re-read 
 already current. While no newer snapshot appears, each poll extends the current snapshot's
 lease (the paper: "the lease is extended at a fixed period until a newer snapshot is found");
 once a snapshot is replaced, its lease runs out and the updater garbage-collects its files.
+A snapshot that never became current (published before a newer one was recorded, or refused as
+corrupt) is collected once it is older than the current one and than the lease.
 
 A corrupt snapshot (checksum mismatch, missing file) is never recorded: it is logged once,
 remembered, and the newest valid snapshot older than it is considered instead.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .metastore import LeaseLostError, MetadataStore, MetastoreError, SnapshotLease
 from .spd import SnapshotInfo, SnapshotNotFound, SnapshotStore, SPDError
@@ -163,6 +166,40 @@ class Updater:
             self._verified.discard(snapshot_id)
             deleted.append(snapshot_id)
             logger.info("updater %s: garbage-collected snapshot %s", self.owner, snapshot_id)
+        return deleted + self.collect_never_current(current)
+
+    def collect_never_current(self, current: str | None, now: float | None = None) -> list[str]:
+        """Delete the snapshots that never became current and never will: older than the current
+        one (the updater only ever records newer ones), not retired (those follow their lease above)
+        and published more than ``lease_seconds`` ago (a job pinned to one had that long to load it).
+        Corrupt snapshots the updater refused are among them. Returns the deleted ids."""
+        if current is None:
+            return []
+        now = time.time() if now is None else now
+        snapshots = self.spd.list()
+        known = {s.snapshot_id: s for s in snapshots}
+        if current not in known:
+            return []  # without the current one's age nothing is provably older
+        floor = known[current].sort_key
+        retired = set(self.store.expired_snapshots(now=float("inf")))  # every retired id, expired or not
+        deleted = []
+        for info in snapshots:
+            if (info.sort_key >= floor or info.snapshot_id == current or info.snapshot_id in retired
+                    or info.created_at + self.lease_seconds > now):
+                continue
+            try:
+                self.spd.delete(info.snapshot_id)
+            except SnapshotNotFound:
+                continue
+            except OSError as e:
+                logger.error("updater %s: could not delete never-current snapshot %s: %s", self.owner,
+                             info.snapshot_id, e)
+                continue
+            self._verified.discard(info.snapshot_id)
+            self._refused.pop(info.snapshot_id, None)
+            deleted.append(info.snapshot_id)
+            logger.info("updater %s: garbage-collected snapshot %s (never current, older than %s)", self.owner,
+                        info.snapshot_id, current)
         return deleted
 
     # ------------------------------------------------------------------ loop
