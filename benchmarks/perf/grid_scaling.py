@@ -96,7 +96,7 @@ def main() -> None:
         print(f"rep {rep + 1}: {steps} steps ({len(s1.step_runs) - 1} VM/FM/DAS/eval + data); wall in-process "
               f"{inproc:.1f} s, Ray 1 worker {wall1:.1f} s, Ray 2 workers {wall2:.1f} s (ray.init {init1:.1f} / "
               f"{init2:.1f} s apart); speed-up 2 workers vs in-process x{inproc / wall2:.2f}, vs 1 worker "
-              f"x{wall1 / wall2:.2f}; in-task {busy1:.1f} s; overhead/step 1 worker {over1:.3f} s, 2 workers "
+              f"x{wall1 / wall2:.2f}; in-task 1 worker {busy1:.1f} s, 2 workers {busy2:.1f} s; overhead/step 1 worker {over1:.3f} s, 2 workers "
               f"(incl. waiting) {over2:.3f} s; planning {s1.plan_seconds:.2f} s", flush=True)
     print(f"\n== over {args.repeats} repetitions (min / median / max)")
     print(f"wall in-process      {spread(rows['inproc'])} s")
