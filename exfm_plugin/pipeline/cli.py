@@ -57,12 +57,12 @@ def run_run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        check_device(args.device)
         if args.engine == "ray" and args.device != "cpu":
             raise GridError(f"--device {args.device}: with --engine ray each step gets its GPU from Ray; "
                             f"use --gpus-per-step instead")
         if args.engine != "ray" and (args.address or args.workers):
             raise GridError("--address and --workers are options of --engine ray")
+        check_device(args.device)
         grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size,
                            vm_schedule=args.vm_schedule) for path in args.grid]
     except GridError as exc:
