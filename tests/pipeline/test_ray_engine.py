@@ -160,7 +160,7 @@ def test_the_graph_names_every_dependency(tmp_path):
 
 def test_a_killed_driver_resumes_with_every_record_once(tmp_path):
     path = write_grid(tmp_path / "t.yaml", vm_schedule="day",
-                      tuner_space={"teacher": "DCN", "student": ["FM", "FmFM"], "method": ["none", "kd", "ah"]})
+                      tuner_space={"teacher": "DCN", "student": "FM", "method": ["none", "kd", "ah"]})
     cmd = [sys.executable, "-m", "exfm_plugin.cli", "run", "--engine", "ray", "--workers", "2", "--grid", path,
            "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--no-progress"]
     records_path = tmp_path / "results" / "records" / "t.jsonl"
