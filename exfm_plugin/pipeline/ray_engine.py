@@ -179,7 +179,8 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
     hooks = {k: os.environ[k] for k in (CRASH_ENV, BARRIER_ENV) if os.environ.get(k)}
     base = StepTask(grid, store_root, os.getcwd(), max(1, int(cpus_per_step)), gpus_per_step > 0, das_engine,
                     hooks=hooks)
-    prep, data_run = ray.get(_data_task.options(**options).remote(base))
+    data_options = dict(options, num_gpus=0)  # data preparation is CPU work (polars, h5py)
+    prep, data_run = ray.get(_data_task.options(**data_options).remote(replace(base, gpu=False)))
     plan_start = time.perf_counter()
     graph = plan(grid, store_root, prep, jobs, run_job)
     summary.plan_seconds = time.perf_counter() - plan_start
