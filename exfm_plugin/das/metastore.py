@@ -21,7 +21,7 @@ import abc
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
@@ -225,6 +225,33 @@ class MetadataStore(abc.ABC):
     def lease_possibly_lost(self) -> bool:
         """True while the store cannot vouch that leases it wrote are still valid (connection trouble)."""
         return False
+
+    #: how long a caller may wait for a dropped connection to come back (ZooKeeper: the session
+    #: timeout; past it the session, and with it the right to go on, is gone). 0: never drops.
+    reconnect_wait: float = 0.0
+
+    @property
+    def session_lost(self) -> bool:
+        """True once the store's session has expired (ZooKeeper LOST): stop, others take over."""
+        return False
+
+    def usable(self) -> bool:
+        """Whether every write, lease writes included, can go through now (may re-verify leases)."""
+        return True
+
+    def wait_until_usable(self, timeout: float, should_stop: "Callable[[], bool] | None" = None) -> bool:
+        """Block until :meth:`usable` (True), or the session is lost, ``timeout`` seconds pass or
+        ``should_stop()`` says so (False). Lease-dependent writers call it on a connection error
+        instead of giving up: a drop shorter than the session timeout is ridden through."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            if self.session_lost:
+                return False
+            if self.usable():
+                return True
+            if time.monotonic() >= deadline or (should_stop is not None and should_stop()):
+                return False
+            time.sleep(0.05)
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -16,7 +16,8 @@ Leases are unix times from the client's wall clock, like kazoo's lease recipe: c
 roughly synchronised clocks, and leases much longer than the skew.
 
 Connection trouble: a state listener marks every lease this store holds as *possibly lost*
-as soon as the connection is SUSPENDED or the session LOST. Until the client has reconnected
+as soon as the connection is SUSPENDED or the session LOST (LOST also sets :attr:`session_lost`).
+Callers ride through a drop shorter than the session timeout with :meth:`wait_until_usable`. Until the client has reconnected
 and re-verified (a ``sync`` round trip, then a re-read of the leases it held), every write that
 depends on a lease (:meth:`extend_lease`, :meth:`renew_shard`, :meth:`complete_shard`) raises
 :class:`LeaseLostError` without sending anything, and :attr:`lease_possibly_lost` is True.
@@ -173,6 +174,8 @@ class ZkMetadataStore(MetadataStore):
         self._state_lock = threading.Lock()
         self._verify_lock = threading.Lock()
         self._possibly_lost = False
+        self._session_lost = False  # set on LOST: the session (not only the connection) is gone
+        self.reconnect_wait = float(session_timeout)
         self._disconnects = 0  # bumped on every SUSPENDED/LOST: a re-verification must not straddle one
         self._closed = False
         self._held_lock = threading.Lock()  # guards the two sets below (leases this handle wrote)
@@ -279,6 +282,7 @@ class ZkMetadataStore(MetadataStore):
             with self._state_lock:
                 self._disconnects += 1
                 self._possibly_lost = True
+                self._session_lost = self._session_lost or state == KazooState.LOST
             if not self._closed:
                 logger.warning("ZooKeeper %s connection %s: treating held leases as possibly lost", self.hosts, state)
         elif state == KazooState.CONNECTED and self._possibly_lost and not self._closed:
@@ -289,6 +293,21 @@ class ZkMetadataStore(MetadataStore):
     def lease_possibly_lost(self) -> bool:
         """True while disconnected, and after a reconnection until held leases are re-verified."""
         return self._closed or self._possibly_lost or self._client.state != KazooState.CONNECTED
+
+    @property
+    def session_lost(self) -> bool:
+        return self._session_lost
+
+    def usable(self) -> bool:
+        """Connected, session alive and held leases re-verified (re-verifies when needed)."""
+        if self._closed or self._session_lost or self._client.state != KazooState.CONNECTED:
+            return False
+        if self._possibly_lost:
+            try:
+                self._reverify()
+            except MetastoreError:
+                return False
+        return not self._possibly_lost
 
     def _reverify_quietly(self) -> None:
         try:

@@ -4,7 +4,10 @@ No task is primary (:func:`run_worker`): any number of processes run the same jo
 registered idempotently in the metadata store and claimed with leases; a worker renews its
 lease while it predicts, re-checks it before publishing (a worker whose claim expired discards
 its output), publishes by atomic rename and then marks the shard done. A killed worker's shard
-is claimed again when its lease runs out. Whichever worker sees every shard done runs stage 2
+is claimed again when its lease runs out. A metadata-store connection that drops (ZooKeeper
+SUSPENDED) stops the lease writes and waits for it; back within the session timeout
+(RECONNECTED), the leases are re-checked and the work goes on; a lost session stops the worker
+cleanly. Whichever worker sees every shard done runs stage 2
 (:func:`.assemble.assemble`). The FM is deterministic, so N workers with kills produce the
 same files as one worker without.
 """
@@ -26,7 +29,7 @@ from tqdm.auto import tqdm
 from ..fsutil import atomic_file
 from .assemble import assemble, ensure_plan_file, manifest_is_current
 from .engines import ID_COLUMN, Engine, InProcessEngine, ShardAbandoned
-from .metastore import DONE, LeaseLostError, MetadataStore, MetastoreError
+from .metastore import DONE, LeaseLostError, MetadataStore, MetastoreError, MetastoreUnavailable
 from .plan import AugmentError, AugmentJob, JobPlan, check_job, default_owner, plan_job
 
 __all__ = ["SLOW_SHARD_ENV", "WorkerReport", "run_worker"]
@@ -42,8 +45,18 @@ class _ClaimLost(Exception):
     """The shard's claim could not be vouched for at publish time: its output is discarded."""
 
 
+#: connection errors: the store could not be reached, nothing was refused
+_CONNECTION = (LeaseLostError, MetastoreUnavailable)
+
+
 class _LeaseKeeper:
-    """Renews a shard claim every ``lease/3`` s in a thread; ``lost`` once a renewal is refused."""
+    """Renews a shard claim every ``lease/3`` s in a thread; ``lost`` once a renewal is refused.
+
+    A renewal that fails on the connection (ZooKeeper SUSPENDED) is not a refusal: the keeper
+    stops writing and waits, while the claim written last is still valid on the server, for the
+    store to be usable again (RECONNECTED, leases re-verified), then renews at once. Only a
+    refusal, a lost session or a claim that ran out while waiting make it ``lost``.
+    """
 
     def __init__(self, store: MetadataStore, job_id: str, shard_id: str, owner: str, lease_seconds: float) -> None:
         self.store, self.job_id, self.shard_id = store, job_id, shard_id
@@ -51,16 +64,29 @@ class _LeaseKeeper:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{shard_id}", daemon=True)
+        self.renewed_at = time.time()  # the claim was just taken (claim_shard)
 
     @property
     def lost(self) -> bool:
         return self._lost.is_set()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        wait = self.lease_seconds / 3
+        while not self._stop.wait(wait):
+            wait = self.lease_seconds / 3
             try:
                 ok = self.store.renew_shard(self.job_id, self.shard_id, self.owner, self.lease_seconds)
-            except (LeaseLostError, MetastoreError) as exc:
+                if ok:
+                    self.renewed_at = time.time()
+            except _CONNECTION as exc:
+                remaining = self.renewed_at + self.lease_seconds - time.time()
+                logger.warning("job %s shard %s: renewal not sent (%s); waiting up to %.1f s for the connection",
+                               self.job_id, self.shard_id, exc, remaining)
+                if self.store.wait_until_usable(remaining, should_stop=self._stop.is_set):
+                    wait = 0.0  # reconnected: renew right away
+                    continue
+                ok = self._stop.is_set()  # stopped while waiting: the publish check decides
+            except MetastoreError as exc:
                 logger.warning("job %s shard %s: lease renewal failed (%s)", self.job_id, self.shard_id, exc)
                 ok = False
             if not ok:
@@ -109,12 +135,30 @@ def _write_shard(path: str, result: Mapping[str, np.ndarray], outputs: Sequence[
             f.attrs[k] = v
 
 
+def _after_reconnect(store: MetadataStore, what: str, call: Callable[[], Any]) -> Any:
+    """``call()``; on a connection error wait (up to the store's reconnect wait) for the store
+    to be usable and call again. Raises the error when it does not come back or the session is
+    lost: the caller stops cleanly and its claims are taken over when their leases end."""
+    while True:
+        try:
+            return call()
+        except _CONNECTION as exc:
+            if store.reconnect_wait <= 0 or store.session_lost:
+                raise
+            logger.warning("%s: %s; waiting up to %.1f s for the metadata store", what, exc, store.reconnect_wait)
+            if not store.wait_until_usable(store.reconnect_wait):
+                raise MetastoreUnavailable(f"{what}: the metadata store {store.url} did not come back within "
+                                           f"{store.reconnect_wait:g} s (or its session was lost); this worker "
+                                           "stops, its shards are claimed by others when their leases end") from exc
+
+
 def _claim_held(store: MetadataStore, job: AugmentJob, shard_id: str, owner: str, lease_seconds: float) -> bool:
     """Renew the claim right before publishing, so a worker whose claim expired (paused,
-    partitioned) never publishes."""
+    partitioned) never publishes. A dropped connection is waited for, not taken as a loss."""
     try:
-        held = store.renew_shard(job.job_id, shard_id, owner, lease_seconds)
-    except LeaseLostError as exc:
+        held = _after_reconnect(store, f"job {job.job_id} shard {shard_id}: check the claim",
+                                lambda: store.renew_shard(job.job_id, shard_id, owner, lease_seconds))
+    except _CONNECTION as exc:
         logger.warning("job %s shard %s: cannot vouch for the claim (%s)", job.job_id, shard_id, exc)
         held = False
     if not held:
@@ -125,8 +169,9 @@ def _claim_held(store: MetadataStore, job: AugmentJob, shard_id: str, owner: str
 def _complete_shard(store: MetadataStore, job: AugmentJob, shard_id: str, owner: str) -> bool:
     """Mark a published shard done; False if the claim expired in between (it will be redone)."""
     try:
-        done = store.complete_shard(job.job_id, shard_id, owner)
-    except LeaseLostError as exc:
+        done = _after_reconnect(store, f"job {job.job_id} shard {shard_id}: mark done",
+                                lambda: store.complete_shard(job.job_id, shard_id, owner))
+    except _CONNECTION as exc:
         logger.warning("job %s shard %s: completion not confirmed (%s); it will be redone", job.job_id, shard_id, exc)
         done = False
     if not done:  # the file is what any owner would write (deterministic FM): a redo replaces it
@@ -167,7 +212,8 @@ def run_worker(job: AugmentJob, store: MetadataStore, owner: str | None = None, 
         report.complete = True
         report.outputs = {vm.name: job.vm_output(vm) for vm in job.vms}
         return report
-    store.register_shards(job.job_id, list(plan.shards))
+    _after_reconnect(store, f"job {job.job_id}: register shards",
+                     lambda: store.register_shards(job.job_id, list(plan.shards)))
     if engine is None:
         eng: Engine = InProcessEngine(loaded, batch_size)
     elif isinstance(engine, Engine):
@@ -178,12 +224,14 @@ def run_worker(job: AugmentJob, store: MetadataStore, owner: str | None = None, 
     try:
         with plan.shared:
             while True:
-                shard_id = store.claim_shard(job.job_id, owner, lease_seconds)
+                shard_id = _after_reconnect(store, f"job {job.job_id}: claim a shard",
+                                            lambda: store.claim_shard(job.job_id, owner, lease_seconds))
                 if shard_id is not None:
                     _run_shard(store, plan, eng, shard_id, owner, lease_seconds, report)
                     bar.update(1)
                     continue
-                status = store.job_status(job.job_id)
+                status = _after_reconnect(store, f"job {job.job_id}: read the shards",
+                                          lambda: store.job_status(job.job_id))
                 if status and all(s.state == DONE for s in status.values()):
                     bar.update(bar.total - bar.n)  # the rest were done by other workers
                     report.outputs = assemble(plan)
