@@ -117,6 +117,7 @@ def child(raw_dir: str, work_dir: str, slice_rows: int) -> dict:
     return {"impressions": frame.height, "behaviours": seq.log_rows, "buckets": seq.n_buckets,
             "sequence_elements": elements, "read_s": round(read_s, 1), "seconds": round(seconds, 1),
             "frame_mb": round(frame.estimated_size() / 2 ** 20),
+            "disk_mb": {k: round(v / 2 ** 20) for k, v in seq.disk_bytes.items()},
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "polars_threads": pl.thread_pool_size()}
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                 r["behaviours_per_s"] = r["behaviours"] / r["seconds"]
                 runs[pct].append(r)
                 print(f"  run: peak RSS {r['peak_rss_mb']:,} MB, {r['seconds']} s (read {r['read_s']} s), "
-                      f"{r['buckets']} buckets, frame {r['frame_mb']} MB", flush=True)
+                      f"{r['buckets']} buckets, frame {r['frame_mb']} MB, work files {r['disk_mb']} MB", flush=True)
         finally:
             if not args.keep:
                 shutil.rmtree(raw, ignore_errors=True)

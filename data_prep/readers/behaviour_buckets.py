@@ -178,7 +178,10 @@ class BucketedSequences:
         n_slabs = min(MAX_BUCKETS, max(1, math.ceil(len(times) / slab_keys)))
         self.edges = np.unique(times[np.linspace(0, len(times), n_slabs, endpoint=False).astype(np.int64)[1:]])
         self.log_rows, self.kept_rows = self._partition(log, keys["userid"].unique(), block_bytes)
+        #: disk used by the work files: the bucketed log (deleted bucket by bucket), the sequences
+        self.disk_bytes = {"buckets": sum(f.stat().st_size for f in self.dir.glob("log_*.arrow"))}
         self.slabs = self._as_of(keys)
+        self.disk_bytes["slabs"] = sum(f.stat().st_size for f in self.dir.glob("seq_*.arrow"))
         logger.info("behaviour log: %d rows (%d of impression users) in %d buckets; %d impression keys "
                     "in %d time slabs", self.log_rows, self.kept_rows, self.n_buckets, keys.height, len(self.slabs))
 
