@@ -178,8 +178,8 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
     if isinstance(size, bool) or not (isinstance(size, int) or size in SIZES):
         raise InputError(f"unknown size {size!r}", where="size", expected=f"one of {list(SIZES)} or a number")
     if isinstance(size, int) and size < MIN_SYNTHETIC_ROWS:
-        raise InputError(f"size {size} is too small", where="size",
-                         expected=f"at least {MIN_SYNTHETIC_ROWS} impressions")
+        raise InputError(f"size {size} is too small", where="the synthetic data size (--size, or a grid's size:)",
+                         expected=f"a preset {list(SIZES)} or at least {MIN_SYNTHETIC_ROWS} impressions")
     if isinstance(vocab_policy, str):
         vocab_policy = parse_vocab_days(vocab_policy)
     if vocab_policy is not None and vocab_policy != "all":
