@@ -1,16 +1,22 @@
 """The knobs of ExFM distillation (the paper's Sec. 3.3-3.4), validated once."""
 from __future__ import annotations
 
+import difflib
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import asdict, fields
+from typing import Annotated, Any, Mapping
+
+from pydantic import ConfigDict, Strict, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from ..contracts import ADAPTER_CONTROL, METHODS
 
 ADAPTER_INPUTS = ("logit", "prob")
 
+StrictFloat = Annotated[float, Strict()]  # an int is accepted (as a float), a string or a bool is not
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class DistillConfig:
     """How a VM consumes the FM supervision.
 
@@ -32,39 +38,61 @@ class DistillConfig:
     fm_pred_column: the batch column carrying the FM probability (``fm_pred`` or ``fm_pred/<label>``).
     """
 
-    method: str = "none"
-    label_scale: float = 1.0
-    grad_scale: float = 1.0
-    loss_weight: float = 1.0
+    method: Annotated[str, Strict()] = "none"
+    label_scale: StrictFloat = 1.0
+    grad_scale: StrictFloat = 1.0
+    loss_weight: StrictFloat = 1.0
     head_hidden_units: tuple[int, ...] = (64,)
-    head_activation: str = "ReLU"
+    head_activation: Annotated[str, Strict()] = "ReLU"
     adapter_hidden_units: tuple[int, ...] = (16,)
-    adapter_input: str = "logit"
-    adapter_residual: bool = True
-    adapter_lr: float = 1e-3
-    adapter_eps: float = 1e-6
-    fm_pred_column: str = "fm_pred"
+    adapter_input: Annotated[str, Strict()] = "logit"
+    adapter_residual: Annotated[bool, Strict()] = True
+    adapter_lr: StrictFloat = 1e-3
+    adapter_eps: StrictFloat = 1e-6
+    fm_pred_column: Annotated[str, Strict()] = "fm_pred"
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is not one of {list(METHODS)}")
-        for name in ("label_scale", "grad_scale", "loss_weight", "adapter_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a finite number > 0")
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"method={v!r} is not one of {list(METHODS)}")
+        return v
+
+    @field_validator("label_scale", "grad_scale", "loss_weight", "adapter_lr")
+    @classmethod
+    def _positive(cls, v: float, info) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{info.field_name}={v!r} must be a finite number > 0")
+        return v
+
+    @field_validator("adapter_eps")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        if not 0 < v < 0.5:
+            raise ValueError(f"adapter_eps={v!r} must be in (0, 0.5)")
+        return v
+
+    @field_validator("adapter_input")
+    @classmethod
+    def _adapter_input(cls, v: str) -> str:
+        if v not in ADAPTER_INPUTS:
+            raise ValueError(f"adapter_input={v!r} is not one of {list(ADAPTER_INPUTS)}")
+        return v
+
+    @field_validator("head_hidden_units", "adapter_hidden_units", mode="before")
+    @classmethod
+    def _units(cls, v: Any, info) -> tuple[int, ...]:
+        units = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in units):
+            raise ValueError(f"{info.field_name}={units!r} must be positive integers")
+        return units
+
+    @model_validator(mode="after")
+    def _control(self) -> "DistillConfig":
         if self.method == ADAPTER_CONTROL and not self.adapter_residual:
             raise ValueError(f"method={ADAPTER_CONTROL!r} freezes the adapter at its identity start, "
                              f"which needs adapter_residual=True")
-        if not 0 < self.adapter_eps < 0.5:
-            raise ValueError(f"adapter_eps={self.adapter_eps!r} must be in (0, 0.5)")
-        if self.adapter_input not in ADAPTER_INPUTS:
-            raise ValueError(f"adapter_input={self.adapter_input!r} is not one of {list(ADAPTER_INPUTS)}")
-        for name in ("head_hidden_units", "adapter_hidden_units"):
-            units = tuple(getattr(self, name))
-            if any(not isinstance(u, int) or u <= 0 for u in units):
-                raise ValueError(f"{name}={units!r} must be positive integers")
-            object.__setattr__(self, name, units)
+        return self
 
     @property
     def uses_teacher(self) -> bool:
@@ -89,9 +117,11 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> "DistillConfig":
-        """Build from a YAML block; an unknown key is an error, never ignored."""
+        """Build from a YAML block; an unknown key is an error (with its close matches), never ignored."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
-            raise ValueError(f"unknown distillation option(s) {unknown}; known: {sorted(known)}")
+            hints = {k: difflib.get_close_matches(k, sorted(known), n=2) for k in unknown}
+            hint = "".join(f"; {k!r}: did you mean {v}?" for k, v in hints.items() if v)
+            raise ValueError(f"unknown distillation option(s) {unknown}; known: {sorted(known)}{hint}")
         return cls(**dict(params))
