@@ -62,8 +62,8 @@ class ArtifactStore:
         if self.is_done(kind, key):
             return key, final, self.meta(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a half-built leftover of a killed run (no DONE marker)
-            shutil.rmtree(final, ignore_errors=True)
+        if final.exists() and not self.is_done(kind, key):  # a leftover without DONE marker (checked
+            shutil.rmtree(final, ignore_errors=True)        # again: another builder may just have finished)
         try:
             with atomic_dir(final) as tmp_dir:
                 tmp = Path(tmp_dir)

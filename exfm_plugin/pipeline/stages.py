@@ -237,7 +237,7 @@ def fm_stage(ctx: Context, prep: PreparedData, teacher: str, seed: int, through_
     day d-1 plus one pass over day d (weights and optimizer state carried on); ``epochs``:
     a fresh FM trained for ``fm_epochs`` passes over days 1..d.
     """
-    from ..das.spd import SnapshotNotFound, SnapshotStore
+    from ..das.spd import SnapshotExists, SnapshotNotFound, SnapshotStore
 
     grid = ctx.grid
     params = bars_params(ctx, prep, teacher, seed)
@@ -273,8 +273,11 @@ def fm_stage(ctx: Context, prep: PreparedData, teacher: str, seed: int, through_
         try:
             spd.get(snapshot_id)  # published by an earlier, interrupted run of this very step
         except SnapshotNotFound:
-            spd.publish(model, model_params=jsonable_params(params), feature_map_dir=prep.data_dir,
-                        trained_through_day=through_day, snapshot_id=snapshot_id)
+            try:
+                spd.publish(model, model_params=jsonable_params(params), feature_map_dir=prep.data_dir,
+                            trained_through_day=through_day, snapshot_id=snapshot_id)
+            except SnapshotExists:  # another process building this very step published first
+                spd.get(snapshot_id)
         return {"snapshot_id": snapshot_id, "spd_root": spd_root, "train_rows": rows, "train_seconds": secs}
 
     def run() -> FMSnapshot:

@@ -26,3 +26,41 @@ def test_a_step_finished_by_another_process_first_is_kept_and_the_loser_cleans_u
     assert meta["who"] == "theirs" and (path / "out.txt").read_text() == "theirs"
     assert sorted(os.listdir(tmp_path / "step")) == [key]  # no temporary directory left behind
     assert store.build("step", {"x": 1}, mine)[2]["who"] == "theirs"  # done: never rebuilt
+
+
+def test_an_fm_step_whose_snapshot_another_builder_published_first_still_succeeds(tmp_path, monkeypatch):
+    """Two processes building the same FM step (two `make reproduce` lanes reaching one teacher)
+    both train it; the one that publishes second gets SnapshotExists and must use the
+    published snapshot instead of failing its cells."""
+    import yaml
+
+    from exfm_plugin.das import spd as spd_module
+    from exfm_plugin.pipeline.grid import load_grid
+    from exfm_plugin.pipeline.records import read_records
+    from exfm_plugin.pipeline.runner import run_grid
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text(yaml.safe_dump({
+        "grid": "g", "dataset": "taobaoad", "size": 6000, "seeds": 1,
+        "model_overrides": {"all": {"embedding_dim": 4, "batch_size": 256}, "DCN": {"dnn_hidden_units": [8]}},
+        "tuner_space": {"teacher": "DCN", "student": "FM", "method": "ah"}}))
+    work, results = tmp_path / "work", tmp_path / "results"
+    first = run_grid(load_grid(str(grid_file)), str(work), str(results / "a"), progress=False)
+    assert first.failed == 0
+    # the other builder: its FM steps are not marked done, and its "is it published yet?" check
+    # runs before the winner's publish lands, so its own publish collides
+    for done in (work / "artifacts" / "fm").glob("*/DONE"):
+        done.unlink()
+    real_get, seen = spd_module.SnapshotStore.get, set()
+
+    def late_get(self, snapshot_id, *args, **kwargs):
+        if snapshot_id not in seen:
+            seen.add(snapshot_id)
+            raise spd_module.SnapshotNotFound(snapshot_id)
+        return real_get(self, snapshot_id, *args, **kwargs)
+
+    monkeypatch.setattr(spd_module.SnapshotStore, "get", late_get)
+    second = run_grid(load_grid(str(grid_file)), str(work), str(results / "b"), progress=False)
+    assert (second.ok, second.failed) == (first.ok, 0) and seen
+    ids = lambda path: sorted(r["snapshot_id"] for r in read_records([path]))  # noqa: E731
+    assert ids(second.records_path) == ids(first.records_path)
