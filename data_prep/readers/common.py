@@ -20,6 +20,7 @@ TaobaoAd behaviour log) is parsed block by block with :meth:`CsvTable.iter_frame
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import gzip
@@ -132,13 +133,26 @@ def iter_csv_blocks(path: Path, block_bytes: int = 32 << 20) -> Iterator[bytes]:
                               expected="a complete CSV (or gzipped CSV) file") from e
 
 
+def iter_lines(path: Path) -> Iterator[str]:
+    """The file's lines decoded one by one, so a bad byte is blamed on its own line: the
+    header is row 0, then data rows 1, 2, ... (one row per line)."""
+    try:
+        with open_binary(path) as f:
+            for row, raw in enumerate(f):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    what = "the header" if row == 0 else "the row"
+                    raise DataFormatError(f"{what} is not UTF-8 text ({e.reason} at byte {e.start} of the line)",
+                                          path=path, row=row or None, value=raw[max(0, e.start - 20):e.start + 20],
+                                          expected="UTF-8 text") from e
+    except (OSError, EOFError) as e:
+        raise DataFormatError(f"cannot read the file: {e}", path=path, expected="a complete (gzipped) CSV file") from e
+
+
 def read_header(path: Path) -> list[str]:
     """The raw header names of a CSV file (not stripped: renames must use the raw names)."""
-    try:
-        with open_text(path) as f:
-            line = f.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"cannot read the header: {e}", path=path, expected="a UTF-8 CSV file") from e
+    line = next(iter_lines(path), "")
     if not line.strip():
         raise DataFormatError("the header line is empty", path=path, expected="a CSV header")
     return next(csv.reader([line]))
@@ -156,6 +170,14 @@ def resolve_columns(path: Path, header: Sequence[str], wanted: Sequence[str],
     aliases = aliases or {}
     optional = set(optional)
     stripped = {h.strip(): h for h in header}
+    if len(stripped) < len(header):
+        seen: set[str] = set()
+        for h in header:
+            name = h.strip()
+            if name in seen and any(name in (w, *aliases.get(w, [])) for w in wanted):
+                raise DataFormatError("column named twice in the header", path=path, column=name,
+                                      expected="each column name once")
+            seen.add(name)
     rename: dict[str, str] = {}
     for name in wanted:
         for candidate in [name, *aliases.get(name, [])]:
@@ -303,8 +325,8 @@ class CsvTable:
         """A row with more or fewer fields than the header (typically a ',' inside a
         sequence that should be '^'-joined) shifts every later column: name it first."""
         try:
-            with open_text(self.path) as f:
-                rows = csv.reader(f)
+            with contextlib.closing(iter_lines(self.path)) as lines:
+                rows = csv.reader(lines)
                 width = len(next(rows))
                 for row_no, fields in enumerate(rows, start=1):
                     if fields and len(fields) != width:

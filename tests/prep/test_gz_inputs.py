@@ -82,3 +82,32 @@ def test_find_file_prefers_plain_and_names_gz_in_error(tmp_path):
     with pytest.raises(Exception) as ei:
         find_file(tmp_path, ["test.csv"], "test file")
     assert "test.csv.gz" in str(ei.value)
+
+
+def test_bad_byte_in_a_gz_row_names_the_row(tmp_path):
+    from data_prep.errors import DataFormatError
+    from data_prep.readers import taobaoad
+
+    generate_raw("taobaoad", str(tmp_path), size=1000, seed=3)
+    p = tmp_path / "raw_sample.csv"
+    lines = p.read_bytes().split(b"\n")
+    lines[3] = lines[3][:-1] + b"\xff"  # data row 3: its last cell (clk) gets a non-UTF-8 byte
+    with gzip.open(str(p) + ".gz", "wb") as g:
+        g.write(b"\n".join(lines))
+    p.unlink()
+    with pytest.raises(DataFormatError) as ei:
+        taobaoad.read_raw(tmp_path)
+    assert ei.value.row == 3 and "UTF-8" in str(ei.value) and "raw_sample.csv.gz" in str(ei.value)
+
+
+def test_column_named_twice_is_refused(tmp_path):
+    from data_prep.errors import DataFormatError
+    from data_prep.readers.common import CsvTable
+
+    p = tmp_path / "train.csv"
+    p.write_text("user,clk,clk\n1,0,1\n")
+    with pytest.raises(DataFormatError) as ei:
+        CsvTable.open(p, {"user": "int", "clk": "label"})
+    assert ei.value.column == "clk" and "twice" in str(ei.value)
+    p.write_text("user,clk,other,other\n1,0,1,2\n")  # a duplicate the reader does not use is harmless
+    assert CsvTable.open(p, {"user": "int", "clk": "label"}).rename == {"user": "user", "clk": "clk"}

@@ -195,8 +195,6 @@ def _below_file_out(ctx: Ctx) -> list:
 
 
 GRID_PYDANTIC = pytest.mark.xfail(strict=True, reason="grid.py pydantic conversion")
-COMMON_HEADER = pytest.mark.xfail(strict=True, reason="data_prep/readers/common.py read_header decodes a whole "
-                                                      "chunk, so a bad byte in an early data row is blamed on the header")
 
 # (id, command, builder, fragments the error line must hold); a fragment is matched case-insensitively
 CASES = [
@@ -223,9 +221,7 @@ CASES = [
     ("taobao-rename-user-column", "prep", prep("taobaoad", edit_lines(
         "raw_sample.csv", lambda L: ["usr" + L[0][4:]] + L[1:])), ["raw_sample.csv", "user", "expected"]),
     pytest.param("taobao-duplicate-column", "prep", prep("taobaoad", csv_columns("raw_sample.csv", lambda c: c + [c[-1]])),
-                 ["raw_sample.csv", "clk", "expected"], id="taobao-duplicate-column",
-                 marks=pytest.mark.xfail(strict=True, reason="the CSV reader (readers/common.py, taobaoad.py: "
-                                                             "another helper's) accepts a duplicated header name")),
+                 ["raw_sample.csv", "clk", "expected"], id="taobao-duplicate-column"),
     ("taobao-header-only", "prep", prep("taobaoad", edit_lines("raw_sample.csv", lambda L: L[:1])),
      ["raw_sample.csv", "expected"]),
     ("taobao-2pct-in-year-2100", "prep", prep("taobaoad", out_of_window(lambda i: 4102444800 + i, 30)),
@@ -241,7 +237,7 @@ CASES = [
      ["behavior_log.csv", "time_stamp", "expected"]),
     pytest.param("taobao-bad-byte-in-row", "prep", prep("taobaoad", edit_bytes(
         "raw_sample.csv", lambda b: b.replace(b"_1007,1,0\n", b"_1007,1,\xff0\n", 1))),
-        ["raw_sample.csv", "row", "utf-8"], marks=COMMON_HEADER, id="taobao-bad-byte-in-row"),
+        ["raw_sample.csv", "row", "utf-8"], id="taobao-bad-byte-in-row"),
     # ---------------------------------------------------------------- prep: Amazon raw
     ("amazon-reviews-not-utf8", "prep", prep("amazon", edit_bytes(
         "reviews_Electronics_5.json.gz", lambda b: b[:200] + b"\xff\xfe" + b[200:])),
