@@ -139,7 +139,6 @@ def _check_choices(name: str, value: Any, choices) -> Any:
 
 
 Number = float  # strict: an int is accepted (as a float), a string or a bool is refused
-OneOrMany = Union[Any, list]
 
 
 class TunerBlock(BaseModel):
@@ -207,7 +206,7 @@ class TunerBlock(BaseModel):
 class Grid(BaseModel):
     """A validated grid file."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: StrictStr
     path: StrictStr
