@@ -150,3 +150,24 @@ def test_row_estimate_plain_and_gz(tmp_path):
         est = estimate_rows(path, block_bytes=1 << 20)
         assert 0.8 * len(rows) < est < 1.25 * len(rows), (path.name, est)
     assert estimate_rows(p, block_bytes=64 << 20) == len(rows)  # small file: counted exactly
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 64, 10 ** 6])
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_csv_blocks_cover_every_line_once(tmp_path, block_bytes, ending):
+    from data_prep.readers.common import iter_csv_blocks
+
+    rows = [f"{i},{'x' * (i % 13)}" for i in range(200)]
+    sep = "\r\n" if ending == "\r\n" else "\n"
+    text = "a,b" + sep + sep.join(rows) + ending
+    p = tmp_path / "t.csv"
+    p.write_text(text, newline="")
+    with gzip.open(str(p) + ".gz", "wb") as g:
+        g.write(text.encode())
+    for path in (p, Path(str(p) + ".gz")):
+        got = []
+        for block in iter_csv_blocks(path, block_bytes):
+            lines = block.decode().splitlines()
+            assert lines[0] == "a,b"  # every block starts with the header
+            got += lines[1:]
+        assert got == rows
