@@ -1,6 +1,7 @@
 """Grid files as FuxiCTR tuner files: hyperparameter crossing, key checks with close matches,
 YAML/type errors naming the file and key, shipped grids addressable by name."""
 import inspect
+import os
 
 import pytest
 import yaml
@@ -103,3 +104,26 @@ def test_shipped_grids_load_by_name():
     assert load_grid("smoke_table2.yaml").name == "smoke_table2"
     with pytest.raises(GridError, match="did you mean.*table2"):
         load_grid("tabel2")
+
+
+def test_crossed_hyperparameters_reach_the_trained_students(tmp_path):
+    """Each embedding_dim of the tuner_space trains its own student: the serving weights kept in
+    the cell's artifact have that embedding width, and the record names its hyperparameters."""
+    import torch
+
+    from exfm_plugin.pipeline.records import read_records
+    from exfm_plugin.pipeline.runner import run_grid
+
+    text = yaml.safe_dump({"grid": "hp", "dataset": "taobaoad", "size": 6000, "seeds": 1,
+                           "model_overrides": {"all": {"batch_size": 256}},
+                           "tuner_space": {"teacher": "DCN", "student": "FM", "method": "none",
+                                           "embedding_dim": [4, 8]}})
+    summary = run_grid(load_grid(write(tmp_path, text)), str(tmp_path / "w"), str(tmp_path / "r"),
+                       progress=False, follow=False)
+    assert summary.failed == 0, summary.failures
+    widths = {}
+    for r in read_records([summary.records_path]):
+        state = torch.load(os.path.join(r["vm_artifact"], "serving_model.pt"))
+        emb = next(v for k, v in state.items() if k.endswith("embedding_layers.userid.weight"))
+        widths[r["hparams"]["embedding_dim"]] = emb.shape[1]
+    assert widths == {4: 4, 8: 8}
