@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import secrets
 import shutil
 import tempfile
 import weakref
@@ -33,6 +35,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+from exfm_plugin.fsutil import HOST_TAG, TEMP_SUFFIX, sweep_stale_temps
 
 from .common import CsvTable, open_binary
 
@@ -125,6 +129,22 @@ def estimate_rows(path: Path, block_bytes: int = 4 << 20) -> int:
     return int(math.ceil(lines * size / max(raw_read, 1)))
 
 
+def make_work_dir(parent: str | Path | None = None) -> Path:
+    """A fresh work directory under ``parent`` (default: the system temp directory), named
+    after this process like :mod:`exfm_plugin.fsutil`'s temporaries, so that those left by a
+    killed reader (no finalizer runs on SIGKILL) are swept by the next one."""
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(parent)
+    while True:
+        path = parent / f".exfm_behaviour.{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
 class _AppendFiles:
     """One Arrow IPC file (lz4) per key, appended to batch by batch; the first batch sets the schema."""
 
@@ -165,9 +185,7 @@ class BucketedSequences:
         if bucket_rows < 1 or slab_keys < 1:
             raise ValueError(f"bucket_rows and slab_keys must be positive, got {bucket_rows}, {slab_keys}")
         self.max_len = max_len
-        if work_dir is not None:
-            Path(work_dir).mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix="exfm_behaviour_", dir=work_dir))
+        self.dir = make_work_dir(work_dir)
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
         est = estimate_rows(log.path)
         self.n_buckets = int(min(MAX_BUCKETS, max(1, math.ceil(est / bucket_rows))))

@@ -171,3 +171,21 @@ def test_csv_blocks_cover_every_line_once(tmp_path, block_bytes, ending):
             assert lines[0] == "a,b"  # every block starts with the header
             got += lines[1:]
         assert got == rows
+
+
+def test_work_dir_of_a_killed_reader_is_swept(tmp_path):
+    """A reader killed by SIGKILL runs no finalizer; the next reader removes its work dir."""
+    import subprocess
+    import sys
+
+    from exfm_plugin.fsutil import HOST_TAG
+
+    write_raw(tmp_path / "raw", seed=6)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = tmp_path / "work" / f".exfm_behaviour.{HOST_TAG}-{dead}-0123abcd.tmp"
+    stale.mkdir(parents=True)
+    (stale / "log_0000.arrow").write_bytes(b"x")
+    res = taobaoad.read_raw(tmp_path / "raw", work_dir=tmp_path / "work")
+    assert not stale.exists()
+    assert res.add_sequences.dir.parent == tmp_path / "work" and res.add_sequences.dir.exists()
