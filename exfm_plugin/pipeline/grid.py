@@ -278,7 +278,11 @@ class Grid(BaseModel):
         if self.mode == "tasks":
             for t in self.tasks:
                 _check_choices("task", t, DEFAULT_TASKS)
-        for block in self.tuner_space:
+        for i, block in enumerate(self.tuner_space):
+            empty = [k for k, v in block.as_space().items() if isinstance(v, list) and not v]
+            if empty:
+                raise ValueError(f"tuner_space[{i}].{empty[0]}=[] is an empty list, so the grid expands to no cell; "
+                                 f"expected at least one value")
             for v in _as_list(block.vm_schedule or self.vm_schedule):
                 if v == "stream" and self.vm_epochs != 1:
                     raise ValueError("vm_schedule 'stream' trains one pass per day; vm_epochs must be 1")
