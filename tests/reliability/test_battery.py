@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +217,7 @@ def _below_file_out(ctx: Ctx) -> list:
     return args
 
 
+GRID_PYDANTIC = pytest.mark.xfail(strict=True, reason="grid.py pydantic conversion")
 
 # (id, command, builder, fragments the error line must hold); a fragment is matched case-insensitively
 CASES = [
@@ -310,8 +310,8 @@ CASES = [
      ["grid.yaml", "label_scale", "abc"]),
     ("grid-seeds-0", "run", grid(lambda t: t.replace("seeds: 3", "seeds: 0")), ["grid.yaml", "seed"]),
     ("grid-cli-seeds-negative", "run", grid(None, "--seeds", "-1"), ["seed"]),
-    ("grid-teacher-empty", "run", grid(lambda t: re.sub(r"teacher: (\[DMIN, DCN\]|DMIN)\n", "teacher: []\n", t)),
-     ["grid.yaml", "teacher"]),
+    pytest.param("grid-teacher-empty", "run", grid(lambda t: t.replace("teacher: [DMIN, DCN]", "teacher: []")),
+                 ["grid.yaml", "teacher"], marks=GRID_PYDANTIC, id="grid-teacher-empty"),
     ("grid-override-unknown-key", "run", grid(lambda t: t.replace(
         "FM: {learning_rate: 1.0e-3}", "FM: {learning_rate: 1.0e-3, not_a_key: 3}")),
      ["grid.yaml", "not_a_key", "FM"]),
