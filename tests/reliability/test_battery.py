@@ -217,8 +217,6 @@ def _below_file_out(ctx: Ctx) -> list:
     return args
 
 
-GRID_PYDANTIC = pytest.mark.xfail(strict=True, reason="grid.py pydantic conversion")
-
 # (id, command, builder, fragments the error line must hold); a fragment is matched case-insensitively
 CASES = [
     # ---------------------------------------------------------------- prep: options and paths
@@ -310,8 +308,8 @@ CASES = [
      ["grid.yaml", "label_scale", "abc"]),
     ("grid-seeds-0", "run", grid(lambda t: t.replace("seeds: 3", "seeds: 0")), ["grid.yaml", "seed"]),
     ("grid-cli-seeds-negative", "run", grid(None, "--seeds", "-1"), ["seed"]),
-    pytest.param("grid-teacher-empty", "run", grid(lambda t: t.replace("teacher: [DMIN, DCN]", "teacher: []")),
-                 ["grid.yaml", "teacher"], marks=GRID_PYDANTIC, id="grid-teacher-empty"),
+    ("grid-teacher-empty", "run", grid(lambda t: t.replace("teacher: [DMIN, DCN]", "teacher: []")),
+     ["grid.yaml", "teacher"]),
     ("grid-override-unknown-key", "run", grid(lambda t: t.replace(
         "FM: {learning_rate: 1.0e-3}", "FM: {learning_rate: 1.0e-3, not_a_key: 3}")),
      ["grid.yaml", "not_a_key", "FM"]),
