@@ -19,12 +19,12 @@ from .load import METRICS, THROUGHPUT
 
 # What identifies an aggregated cell: everything but the seed and the per-run ids.
 CELL_KEY = ("grid", "kind", "dataset", "data_source", "vm_schedule", "embedding_update", "feature_gap",
-            "teacher", "student", "method", "label_scale", "grad_scale", "loss_weight", "round", "train_day",
+            "teacher", "student", "hparams", "method", "label_scale", "grad_scale", "loss_weight", "round", "train_day",
             "test_day", "domain", "task", "fm_frozen_after_day", "fm_staleness_days")
 # One test day of one unit (a domain's or a task's VM): the rows of one table, one normaliser.
 UNIT_KEY = ("grid", "dataset", "data_source", "vm_schedule", "round", "test_day", "domain", "task")
 GAIN_COLUMNS = {"AUC": "auc_gain_pct", "logloss": "logloss_diff", "NE": "NE_diff"}
-_SORT = ["grid", "dataset", "vm_schedule", "round", "domain", "task", "kind", "teacher", "student", "_mrank",
+_SORT = ["grid", "dataset", "vm_schedule", "round", "domain", "task", "kind", "teacher", "student", "hparams", "_mrank",
          "fm_frozen_after_day", "fm_staleness_days", "label_scale", "grad_scale", "loss_weight"]
 
 

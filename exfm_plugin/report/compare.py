@@ -2,8 +2,8 @@
 adapter's own effect (``ah_sa`` − ``ah_sa_frozen``) and AH vs KD (``ah`` − ``kd``).
 
 Two VM records are paired when they differ only in method (and, for gains over ``none``, in
-the scales): same grid, dataset, teacher, student, round, test day, domain/task, schedule,
-embedding update, feature gap, FM freeze day, and seed. The ``none`` VM never reads the FM, so
+the scales): same grid, dataset, teacher, student and its crossed hyperparameters, round, test
+day, domain/task, schedule, embedding update, feature gap, FM freeze day, and seed. The ``none`` VM never reads the FM, so
 it is shared by teachers and freeze days: when no ``none`` record carries the same teacher (or
 freeze day), the one recorded under another teacher is used. Several records of one key and
 seed are averaged before the seeds are compared.
@@ -16,8 +16,8 @@ from typing import Any, Iterable
 from ..contracts import ADAPTER_CONTROL, PAPER_METHODS
 from .stats import Interval, paired_differences, t_interval, verdict
 
-PAIR_KEY = ("grid", "dataset", "data_source", "teacher", "student", "round", "test_day", "domain", "task",
-            "vm_schedule", "embedding_update", "feature_gap", "fm_frozen_after_day")
+PAIR_KEY = ("grid", "dataset", "data_source", "teacher", "student", "hparams", "round", "test_day", "domain",
+            "task", "vm_schedule", "embedding_update", "feature_gap", "fm_frozen_after_day")
 SCALES = ("label_scale", "grad_scale", "loss_weight")
 # the `none` baseline's key, from exact to shared (freeze day dropped, then teacher too)
 _NONE_TIERS = (PAIR_KEY, tuple(k for k in PAIR_KEY if k != "fm_frozen_after_day"),

@@ -35,13 +35,14 @@ SCHEMA: dict[str, pl.DataType] = {
     "fm_frozen_after_day": pl.Int64, "fm_staleness_days": pl.Int64, "snapshot_id": pl.String,
     "vm_schedule": pl.String, "embedding_update": pl.String,
     "feature_gap": pl.String,  # comma-joined, "" for none
+    "hparams": pl.String,  # the student hyperparameters a tuner_space crossed, as "k=v, ..."; "" for none
     "train_rows": pl.Int64, "ne_base_rate": pl.Float64,
     **{m: pl.Float64 for m in METRICS},
     "constant_logloss": pl.Float64, "constant_NE": pl.Float64,
     "calibration_bins": pl.String,  # JSON text: [[mean_pred, mean_label, count], ...]
     **{t: pl.Float64 for t in THROUGHPUT},
 }
-_COPIED = [k for k in SCHEMA if k not in ("source_file", "source_line", "feature_gap", "calibration_bins",
+_COPIED = [k for k in SCHEMA if k not in ("source_file", "source_line", "feature_gap", "hparams", "calibration_bins",
                                           "constant_logloss", "constant_NE", *METRICS)]
 
 
@@ -52,6 +53,7 @@ def flatten(rec: dict[str, Any], path: Path | str, lineno: int) -> dict[str, Any
     row = {k: rec.get(k) for k in _COPIED}
     bins = rec.get("calibration_bins")
     row.update({"source_file": str(path), "source_line": lineno, "feature_gap": ",".join(rec["feature_gap"]),
+                "hparams": ", ".join(f"{k}={v}" for k, v in sorted((rec.get("hparams") or {}).items())),
                 "calibration_bins": json.dumps(bins) if bins else None,
                 "constant_logloss": constant.get("logloss"), "constant_NE": constant.get("NE")})
     row.update({m: metrics.get(m) for m in METRICS})

@@ -146,7 +146,8 @@ def unit_tables(cells: list[dict[str, Any]], consts: dict[tuple, dict[str, Any]]
             table[-1][headers.index("n")] = const["n_seeds"]
         for c in sorted(rows, key=lambda c: c["kind"] != "fm"):
             vm = c["kind"] == "vm"
-            r = ["VM" if vm else "FM", c["teacher"], c["student"] or "—", c["method"] or "—"]
+            student = c["student"] and (f"{c['student']} ({c['hparams']})" if c.get("hparams") else c["student"])
+            r = ["VM" if vm else "FM", c["teacher"], student or "—", c["method"] or "—"]
             r += ([scale_label(c) if vm else "—"] if show_scales else []) + [c[e] for e in extra]
             r += [c["AUC_n"], pm(c["AUC_mean"], c["AUC_std"])]
             r += [pm(c["gAUC_mean"], c["gAUC_std"])] if show_gauc else []

@@ -171,3 +171,24 @@ def test_cli(tmp_path, capsys):
     bad = write_raw(tmp_path / "bad.jsonl", [vm(), vm(kind="bm")])
     assert main(["report", "--records", str(bad), "--out", str(tmp_path / "out2")]) == 2
     assert "bad.jsonl:2: cell" in capsys.readouterr().err
+
+
+def test_crossed_student_hyperparameters_are_separate_cells_paired_with_their_own_none(tmp_path):
+    """A tuner_space that crosses `embedding_dim` gives one cell per value (never pooled as if
+    the values were seeds), and each variant's gain is against the `none` of the same value."""
+    none = {4: (0.60, 0.61, 0.62), 8: (0.70, 0.71, 0.72)}
+    kd_gain = {4: 0.01, 8: 0.03}
+    recs = []
+    for dim in (4, 8):
+        for s in SEEDS:
+            hp = {"hparams": {"embedding_dim": dim}}
+            recs += [vm(none[dim][s], 0.21, method="none", seed=s, **hp),
+                     vm(none[dim][s] + kd_gain[dim], 0.21, method="kd", seed=s, **hp)]
+    paths = build_report([write(tmp_path / "r.jsonl", recs)], tmp_path / "out", REFERENCE)
+    lb = pl.read_csv(paths.leaderboard_csv)
+    for dim in (4, 8):
+        c = cell(lb, method="kd", hparams=f"embedding_dim={dim}")
+        assert c["n_seeds"] == 3 and c["AUC_mean"] == pytest.approx(statistics.mean(none[dim]) + kd_gain[dim])
+        gains = [100 * kd_gain[dim] / n for n in none[dim]]
+        assert c["auc_gain_pct_mean"] == pytest.approx(statistics.mean(gains))
+    assert "| FM (embedding_dim=8) | kd |" in paths.markdown.read_text()
