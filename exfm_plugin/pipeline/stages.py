@@ -28,6 +28,7 @@ from ..data.dayfile import column_names, extra_attrs
 from ..metrics import binary_entropy, evaluate_metrics, logloss
 from .artifacts import ArtifactStore, step_key
 from .grid import Grid, model_params
+from .logging_run import run_log
 from .records import calibration_bins
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,8 @@ def fm_stage(ctx: Context, prep: PreparedData, teacher: str, seed: int, through_
                                   shuffle=True, seed=seed * 1000 + through_day * 10 + p)
             r, s = train_one_pass(model, loader, f"FM {teacher} day {days[-1]}", ctx.progress)
             rows, secs = rows + r, secs + s
+            run_log.info("[Train] FM %s seed %d day %s pass %d/%d: %d rows, %.1f s", teacher, seed,
+                         ",".join(map(str, days)), p + 1, passes, r, s)
         torch.save(model.state_dict(), tmp / "weights.pt")
         torch.save(model.optimizer.state_dict(), tmp / "optimizer.pt")
         snapshot_id = f"{teacher}-d{through_day}-{step_key('fm', spec)}"

@@ -49,6 +49,9 @@ def test_every_cell_logs_fuxictr_metrics_lines_and_loss_terms(finished_run):
     assert train and all("aux: " in line and "serving: " in line and "total: " in line for line in train)
     none_lines = [line for line in log.splitlines() if "[Train] VM FM/none" in line]
     assert none_lines and not any("aux: " in line for line in none_lines)
+    # the teacher's training: one line per FM day of the stream (days 1..4), rows counted
+    fm_days = [int(m.group(1)) for m in re.finditer(r"\[Train\] FM DCN seed 0 day (\d) pass 1/1: (\d+) rows", log)]
+    assert fm_days == [1, 2, 3, 4]
 
 
 def test_a_cell_exports_to_a_fuxictr_model_that_reproduces_its_auc(finished_run, tmp_path):
