@@ -164,20 +164,11 @@ class TunerBlock(BaseModel):
         block._order = list(data) if isinstance(data, dict) else []
         return block
 
-    @field_validator("teacher")
+    @field_validator("teacher", "student", "method")
     @classmethod
-    def _teacher(cls, v):
-        return _check_choices("teacher", v, TEACHERS)
-
-    @field_validator("student")
-    @classmethod
-    def _student(cls, v):
-        return _check_choices("student", v, STUDENTS)
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, v):
-        return _check_choices("method", v, METHODS)
+    def _known_names(cls, v, info):
+        choices = {"teacher": TEACHERS, "student": STUDENTS, "method": METHODS}[info.field_name]
+        return _check_choices(info.field_name, v, choices)
 
     @field_validator("vm_schedule")
     @classmethod
