@@ -63,10 +63,39 @@ def union_rows(row_sets: list[torch.Tensor], num_rows: int) -> torch.Tensor:
     return torch.unique(ids, sorted=True)
 
 
-def lookup_rows(table: nn.Embedding, rows: torch.Tensor) -> torch.Tensor:
-    """``table.weight[rows]`` for sorted distinct ``rows``, with a coalesced row-sparse gradient."""
-    inverse = torch.arange(rows.numel(), device=rows.device)
-    return _RowSparseLookup.apply(table.weight, rows, rows, inverse, table.padding_idx)
+def touched_rows_penalty(weight: torch.Tensor, rows: torch.Tensor,
+                         regularizers: list[tuple[int, float]]) -> torch.Tensor:
+    """``sum_p lambda_p / p * ||weight[rows]||_p^p`` for sorted distinct ``rows`` (fuxictr's
+    embedding regulariser on the rows a batch touched), whose gradient is the coalesced
+    row-sparse ``lambda_p |w|^(p-1) sign(w)`` written directly, not through a lookup's
+    scatter and a norm's backward."""
+    return _TouchedRowsPenalty.apply(weight, rows, tuple(regularizers))
+
+
+class _TouchedRowsPenalty(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, rows, regularizers):
+        values = weight.index_select(0, rows)
+        ctx.save_for_backward(rows, values)
+        ctx.weight_shape, ctx.regularizers = weight.shape, regularizers
+        total = values.new_zeros(())
+        for p, lam in regularizers:
+            total = total + (lam / p) * (values.square().sum() if p == 2 else values.abs().pow(p).sum())
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, values = ctx.saved_tensors
+        grad = torch.zeros_like(values)
+        for p, lam in ctx.regularizers:
+            if p == 2:
+                grad.add_(values, alpha=lam)
+            elif p == 1:
+                grad.add_(values.sign(), alpha=lam)
+            else:
+                grad.add_(values.abs().pow(p - 1).mul_(values.sign()), alpha=lam)
+        grad.mul_(grad_out)
+        return _row_sparse_grad(rows, grad, None, ctx.weight_shape), None, None
 
 
 def _row_sparse_grad(rows: torch.Tensor, values: torch.Tensor, padding_idx: int | None,
@@ -95,32 +124,51 @@ class _RowSparseLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         rows, inverse = ctx.saved_tensors
-        values = grad_out.new_zeros(rows.numel(), grad_out.size(-1)).index_add_(0, inverse, grad_out)
+        # a field's gradient is usually a strided slice of the stacked fields' gradient;
+        # index_add_ from a contiguous copy is about 3x faster on CPU
+        values = grad_out.new_zeros(rows.numel(), grad_out.size(-1)).index_add_(0, inverse, grad_out.contiguous())
         return _row_sparse_grad(rows, values, ctx.padding_idx, ctx.weight_shape), None, None, None, None
 
 
 class _RowSparseBagSum(torch.autograd.Function):
-    """``sum_j weight[ids[b, j]]`` over each row's non-padding positions (``embedding_bag``),
-    with the same coalesced row-sparse gradient as :class:`_RowSparseLookup`; padding
-    positions cost nothing in either direction."""
+    """Per-bag sums of ``weight[items]`` (bags given by ``offsets``, as ``embedding_bag``), with
+    the same coalesced row-sparse gradient as :class:`_RowSparseLookup`.
+
+    Backward is the transposed product: the gradient of distinct row ``r`` is the sum of the
+    output gradients of the bags holding ``r``. Grouping the items by row (one stable sort of
+    their row numbers) turns it into another ``embedding_bag``, over the output gradient, which
+    is several times faster on CPU than scattering one row per item with ``index_add_``."""
 
     @staticmethod
-    def forward(ctx, weight, ids, rows, inverse, padding_idx):
-        ctx.save_for_backward(ids, rows, inverse)
+    def forward(ctx, weight, items, offsets, bag_of_item, rows, inverse):
+        ctx.save_for_backward(bag_of_item, rows, inverse)
         ctx.weight_shape = weight.shape
-        ctx.padding_idx = padding_idx
-        return F.embedding_bag(ids, weight, mode="sum", padding_idx=padding_idx)
+        return F.embedding_bag(items, weight, offsets, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out):
-        ids, rows, inverse = ctx.saved_tensors
-        flat = ids.reshape(-1)
-        positions = (flat != ctx.padding_idx).nonzero().squeeze(1) if ctx.padding_idx is not None \
-            else torch.arange(flat.numel(), device=flat.device)
-        per_position = grad_out.index_select(0, torch.div(positions, ids.size(1), rounding_mode="floor"))
-        values = grad_out.new_zeros(rows.numel(), grad_out.size(-1)).index_add_(
-            0, inverse.index_select(0, positions), per_position)
-        return _row_sparse_grad(rows, values, ctx.padding_idx, ctx.weight_shape), None, None, None, None
+        bag_of_item, rows, inverse = ctx.saved_tensors
+        order = torch.sort(inverse.to(torch.int32), stable=True)[1]
+        per_row = torch.bincount(inverse, minlength=rows.numel())
+        row_offsets = torch.cumsum(per_row, 0) - per_row
+        values = F.embedding_bag(bag_of_item.index_select(0, order), grad_out, row_offsets, mode="sum")
+        return _row_sparse_grad(rows, values, None, ctx.weight_shape), None, None, None, None, None
+
+
+def bag_items(ids: torch.Tensor, padding_idx: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, L) ids -> ``(items, offsets, bag_of_item)``: the non-padding ids in row order, where
+    each row's bag starts, and each item's row. ``embedding_bag`` on this 1-D form runs its fast
+    kernel; given the 2-D ids with ``padding_idx`` it takes a slow path (about 25x on CPU)."""
+    batch, length = ids.shape
+    flat = ids.reshape(-1)
+    if padding_idx is None:
+        positions = torch.arange(flat.numel(), device=ids.device)
+        counts = torch.full((batch,), length, dtype=torch.long, device=ids.device)
+    else:
+        positions = (flat != padding_idx).nonzero().squeeze(1)
+        counts = (ids != padding_idx).sum(dim=1)
+    offsets = torch.cumsum(counts, 0) - counts
+    return flat.index_select(0, positions), offsets, torch.div(positions, length, rounding_mode="floor")
 
 
 def _note_rows(table: nn.Embedding, rows: torch.Tensor) -> None:
@@ -130,12 +178,15 @@ def _note_rows(table: nn.Embedding, rows: torch.Tensor) -> None:
 
 def bag_sum(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """(B, L) ids -> (B, D): the sum of each row's embeddings over its non-padding positions,
-    without materialising the (B, L, D) lookup; row-sparse gradient when the table is."""
+    without materialising the (B, L, D) lookup; row-sparse gradient when the table is. The
+    padding positions are left out (not added as the padding row), so they cost nothing and
+    the padding row gets no gradient in either mode."""
+    items, offsets, bag_of_item = bag_items(ids, table.padding_idx)
     if getattr(table, "sparse", False) and torch.is_grad_enabled() and hasattr(table, "touched_rows"):
-        rows, inverse = distinct_rows(ids.reshape(-1), table.num_embeddings)
+        rows, inverse = distinct_rows(items, table.num_embeddings)
         _note_rows(table, rows)
-        return _RowSparseBagSum.apply(table.weight, ids, rows, inverse, table.padding_idx)
-    return F.embedding_bag(ids, table.weight, mode="sum", padding_idx=table.padding_idx)
+        return _RowSparseBagSum.apply(table.weight, items, offsets, bag_of_item, rows, inverse)
+    return F.embedding_bag(items, table.weight, offsets, mode="sum")
 
 
 def row_sparse_forward(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:

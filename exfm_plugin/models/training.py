@@ -27,7 +27,7 @@ from fuxictr.pytorch.torch_utils import get_regularizer
 from torch import nn
 
 from .sparse_optim import (EMBEDDING_UPDATES, build_optimizer, check_learning_rate, clip_grad_norm_,
-                           enable_sparse_embeddings, lookup_rows, union_rows)
+                           enable_sparse_embeddings, touched_rows_penalty, union_rows)
 
 PRECISIONS = ("fp32", "bf16")
 TRAINING_OPTIONS = ("embedding_update", "precision", "torch_compile")
@@ -118,9 +118,10 @@ class TrainingOptionsMixin:
                 table = tables.get(id(param))
                 if table is not None:
                     ids = touched.get(id(table))
-                    if not ids:
-                        continue  # no row of this table was looked up in the batch
-                    values = lookup_rows(table, union_rows(ids, table.num_embeddings))
+                    if ids:  # else no row of this table was looked up in the batch
+                        reg_term = reg_term + touched_rows_penalty(param, union_rows(ids, table.num_embeddings),
+                                                                   emb_reg)
+                    continue
                 for emb_p, emb_lambda in emb_reg:
                     reg_term += (emb_lambda / emb_p) * torch.norm(values, emb_p) ** emb_p
         for name, param in self.named_parameters():

@@ -385,3 +385,44 @@ def test_the_multitask_dmin_takes_the_training_options(tmp_path):
     untouched = [i for i in range(user.num_embeddings) if i not in set(batch["user_id"].tolist())]
     assert untouched and torch.equal(user.weight[untouched], old[untouched])
     assert not torch.equal(user.weight, old)
+
+
+# ------------------------------------------------------------------------------ the fused bag
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from exfm_plugin.models.sparse_optim import bag_sum  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 7), length=st.integers(1, 6),
+       vocab=st.integers(2, 9), padding=st.sampled_from([None, 0]), sparse=st.booleans(),
+       pad_share=st.floats(0.0, 1.0))
+def test_bag_sum_is_the_masked_sum_of_the_lookup_in_value_and_gradient(seed, batch, length, vocab, padding,
+                                                                        sparse, pad_share):
+    """bag_sum = sum over the non-padding positions of the (B, L, D) lookup, for any layout of
+    padding (empty rows, full rows, repeated ids), with or without a padding id; its gradient
+    (row-sparse for a sparse table) equals the masked sum's, and the padding row gets none even
+    when its weights are not zero."""
+    gen = torch.Generator().manual_seed(seed)
+    wrap = nn.Module()
+    wrap.table = nn.Embedding(vocab, 3, padding_idx=padding)
+    with torch.no_grad():
+        wrap.table.weight.copy_(torch.randn(vocab, 3, generator=gen))  # padding row not zero
+    if sparse:
+        table = wrap.table
+        table.sparse, table.touched_rows, table.record_rows = True, [], False
+    ids = torch.randint(0, vocab, (batch, length), generator=gen)
+    if padding is not None:
+        ids = torch.where(torch.rand(batch, length, generator=gen) < pad_share, padding, ids)
+    weights = torch.randn(batch, 3, generator=gen)
+    out = bag_sum(wrap.table, ids)
+    mask = torch.ones_like(ids, dtype=torch.bool) if padding is None else ids != padding
+    reference = (F.embedding(ids, wrap.table.weight) * mask.unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(out, reference, rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad((out * weights).sum(), wrap.table.weight)
+    (expected,) = torch.autograd.grad((reference * weights).sum(), wrap.table.weight)
+    assert grad.is_sparse == sparse
+    grad = grad.to_dense() if grad.is_sparse else grad
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+    if padding is not None:
+        assert torch.equal(grad[padding], torch.zeros(3))
