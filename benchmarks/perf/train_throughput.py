@@ -6,7 +6,10 @@ Part 1, speed: the BARS TaobaoAd hyperparameters of each model (yaml_configs/mod
 TaobaoAd-shaped batches with the real vocabulary sizes (benchmarks/perf/shapes.py: about 92M
 embedding parameters at embedding_dim 32, batch 8192). Dense and sparse copies of a model
 (same seed, same initial weights) run step by step interleaved; the median step gives rows/s.
-Target on 2 cores: sparse >= 5x dense training rows/s for FM and DeepFM.
+Target on 2 cores: sparse >= 5x dense training rows/s for FM and DeepFM. A third copy, 'frozen',
+trains with every embedding table frozen (dense mode, tables with requires_grad off): the step
+without any embedding update, so 'ceiling' = frozen / dense is the most any embedding update
+scheme could gain over dense Adam for that model on this machine.
 
 Part 2, accuracy: one pass over day ``--auc-day`` of the synthetic TaobaoAd data (``exfm prep``'s
 generator, ``--auc-size`` impressions over 8 days) with the BARS settings, then AUC on the next
@@ -35,6 +38,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from shapes import bars_model_params, interleaved_seconds, taobao_batches, taobao_feature_map  # noqa: E402
 
 from exfm_plugin.models import MODEL_REGISTRY  # noqa: E402
+from exfm_plugin.models.sparse_optim import feature_embedding_tables  # noqa: E402
 
 MODES = ("dense", "sparse")
 ALL_MODELS = ["FM", "FmFM", "DeepFM", "DCN", "DCNv2", "DMIN"]
@@ -58,11 +62,14 @@ def speed(args, root: str) -> bool:
     print("rows/s from the median wall time of a step; 'cpu ratio' = the same ratio from the median CPU "
           "time (all threads) of a step, steadier on a shared machine")
     print(f"{'model':7s} {'params':>7s} {'train dense':>12s} {'train sparse':>13s} {'ratio':>6s} {'cpu ratio':>9s} "
-          f"{'pred dense':>11s} {'pred sparse':>12s} {'ratio':>6s} {'cpu ratio':>9s}")
+          f"{'pred dense':>11s} {'pred sparse':>12s} {'ratio':>6s} {'cpu ratio':>9s} {'frozen':>8s} {'ceiling':>7s}")
     ok = True
     for name in args.models:
         try:
             models = {m: build(name, fmap, root, m) for m in MODES}
+            models["frozen"] = build(name, fmap, root, "dense")
+            for table in feature_embedding_tables(models["frozen"]):
+                table.weight.requires_grad_(False)
         except Exception as exc:  # noqa: BLE001 - one broken model must not hide the others
             print(f"{name:7s} build failed: {type(exc).__name__}: {exc}")
             ok = False
@@ -77,14 +84,15 @@ def speed(args, root: str) -> bool:
             m.eval()
         with torch.no_grad():
             pred = interleaved_seconds({m: (lambda i, mod=mod: mod(batches[i % len(batches)]))
-                                        for m, mod in models.items()}, steps, warmup=1, cpu=pred_cpu)
+                                        for m, mod in models.items() if m in MODES}, steps, warmup=1, cpu=pred_cpu)
         n_params = sum(p.numel() for p in models["dense"].parameters())
         tr = {m: args.batch_size / t for m, t in train.items()}
         pr = {m: args.batch_size / t for m, t in pred.items()}
         print(f"{name:7s} {n_params / 1e6:6.1f}M {tr['dense']:12.0f} {tr['sparse']:13.0f} "
               f"{tr['sparse'] / tr['dense']:6.2f} {train_cpu['dense'] / train_cpu['sparse']:9.2f} "
               f"{pr['dense']:11.0f} {pr['sparse']:12.0f} {pr['sparse'] / pr['dense']:6.2f} "
-              f"{pred_cpu['dense'] / pred_cpu['sparse']:9.2f}", flush=True)
+              f"{pred_cpu['dense'] / pred_cpu['sparse']:9.2f} {tr['frozen']:8.0f} {tr['frozen'] / tr['dense']:7.2f}",
+              flush=True)
         del models
         gc.collect()
     return ok
