@@ -18,6 +18,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from .allocator import retain_freed_memory
 from .contracts import DATASETS, SIZES, SOURCES
 from .errors import EXIT_INPUT, format_input_error, is_input_error
 
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, verbose = _pop_verbose(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.verbose = args.verbose or verbose
+    retain_freed_memory()  # training steps reuse their memory instead of re-mapping it (allocator.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -31,7 +31,8 @@ from fuxictr.features import FeatureMap
 
 sys.path.insert(0, os.path.dirname(__file__))
 from legacy_dmin import LegacyDMIN  # noqa: E402
-from shapes import TAOBAO_CATEGORICAL, taobao_batches, taobao_feature_map  # noqa: E402
+from shapes import (TAOBAO_CATEGORICAL, add_allocator_option, apply_allocator,  # noqa: E402
+                    taobao_batches, taobao_feature_map)
 
 from exfm_plugin.config import load_experiment  # noqa: E402
 from exfm_plugin.models import DMIN  # noqa: E402
@@ -144,10 +145,12 @@ def main(argv=None) -> None:
     ap.add_argument("--amazon-batch", type=int, default=None, help="rows per step (default: BARS, 1024)")
     ap.add_argument("--vocab-cap", type=int, default=None,
                     help="cap every vocabulary at this size (default: the real sizes)")
+    add_allocator_option(ap)
     args = ap.parse_args(argv)
+    args.allocator_name = apply_allocator(args.allocator)
     torch.set_num_threads(args.threads)
     root = tempfile.mkdtemp(prefix="exfm_dmin_bench_")
-    print(f"DMIN train rows/s, legacy (fe69c6a) vs new (BARS-faithful); {args.steps} interleaved steps, "
+    print(f"DMIN train rows/s, legacy (fe69c6a) vs new (BARS-faithful); allocator {args.allocator_name}; {args.steps} interleaved steps, "
           f"{args.threads} threads, vocabularies {'capped at ' + str(args.vocab_cap) if args.vocab_cap else 'real'}")
     for name in args.datasets:
         batch = args.taobaoad_batch if name == "taobaoad" else args.amazon_batch

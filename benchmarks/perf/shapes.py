@@ -110,3 +110,19 @@ def bars_model_params(model: str, dataset: str = "taobaoad_x1", **overrides) -> 
     params.update(verbose=0, metrics=["AUC"])
     params.update(overrides)
     return params
+
+
+def add_allocator_option(ap) -> None:
+    """``--allocator retain|system``: the benchmark's process allocator (exfm_plugin/allocator.py).
+    ``retain`` (default) is what ``exfm run`` uses; ``system`` is glibc's default malloc."""
+    ap.add_argument("--allocator", choices=["retain", "system"], default="retain",
+                    help="retain: freed memory is reused, as in `exfm run` (default); system: glibc's malloc")
+
+
+def apply_allocator(choice: str) -> str:
+    """Apply ``--allocator`` before any large allocation; returns the name for the header."""
+    from exfm_plugin.allocator import allocator_name, retain_freed_memory
+
+    if choice == "retain" and not retain_freed_memory():
+        print("(allocator: retain was asked for but is not available here, e.g. not glibc)")
+    return allocator_name()

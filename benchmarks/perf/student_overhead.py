@@ -24,7 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import bars_model_params, interleaved_seconds, taobao_batches, taobao_feature_map  # noqa: E402
+from shapes import (add_allocator_option, apply_allocator, bars_model_params,  # noqa: E402
+                    interleaved_seconds, taobao_batches, taobao_feature_map)
 
 from exfm_plugin.distill import DistillConfig, ExFMStudent, export_serving_model  # noqa: E402
 from exfm_plugin.models import MODEL_REGISTRY  # noqa: E402
@@ -46,11 +47,13 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--models", nargs="+", default=["FM", "FmFM", "DeepFM"])
     ap.add_argument("--modes", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"])
+    add_allocator_option(ap)
     args = ap.parse_args(argv)
+    args.allocator_name = apply_allocator(args.allocator)
     root = tempfile.mkdtemp(prefix="exfm_bench_")
     fmap = taobao_feature_map(os.path.join(root, "data"))
     batches = taobao_batches(3, args.batch_size)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, emb 32, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, allocator {args.allocator_name}, batch {args.batch_size}, emb 32, "
           f"BARS hyperparameters; median of {args.steps} interleaved steps per method. 'cpu ratio' = the "
           f"ratio from median CPU time (all threads), steadier on a shared machine")
     print(f"{'model':7s} {'update':6s} {'none rows/s':>12s} {'ah_sa rows/s':>13s} {'ratio':>6s} {'cpu ratio':>9s} "

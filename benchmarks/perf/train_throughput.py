@@ -35,7 +35,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from shapes import bars_model_params, interleaved_seconds, taobao_batches, taobao_feature_map  # noqa: E402
+from shapes import (add_allocator_option, apply_allocator, bars_model_params,  # noqa: E402
+                    interleaved_seconds, taobao_batches, taobao_feature_map)
 
 from exfm_plugin.models import MODEL_REGISTRY  # noqa: E402
 from exfm_plugin.models.sparse_optim import feature_embedding_tables  # noqa: E402
@@ -57,7 +58,7 @@ def speed(args, root: str) -> bool:
     fmap = taobao_feature_map(os.path.join(root, "shape_data"))
     batches = taobao_batches(3, args.batch_size, with_teacher=False)
     print(f"== speed: TaobaoAd vocabulary sizes, batch {args.batch_size}, emb 32, BARS hyperparameters; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.steps} "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator {args.allocator_name}; median of {args.steps} "
           f"interleaved steps (DMIN {args.dmin_steps})")
     print("rows/s from the median wall time of a step; 'cpu ratio' = the same ratio from the median CPU "
           "time (all threads) of a step, steadier on a shared machine")
@@ -164,7 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--auc-data", default=None, help="a prepared synthetic TaobaoAd directory to reuse")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-auc", action="store_true")
+    add_allocator_option(ap)
     args = ap.parse_args(argv)
+    args.allocator_name = apply_allocator(args.allocator)
     if isinstance(args.auc_size, str) and args.auc_size.isdigit():
         args.auc_size = int(args.auc_size)
     root = tempfile.mkdtemp(prefix="exfm_train_tp_")

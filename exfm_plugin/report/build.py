@@ -16,7 +16,7 @@ from .aggregate import CELL_KEY, UNIT_KEY, aggregate, constants, ok_rows
 from .compare import SeedIndex
 from .figures import FIGURE_FILES, FIGURE_TITLES, PLOTTERS, plot_calibration
 from .load import load_with_duplicates
-from .markdown import SMOKE_PREFIX, bars_table, failed_section, grid_shape, header, unit_tables
+from .markdown import SMOKE_PREFIX, bars_table, failed_section, grid_prefix, grid_shape, header, unit_tables
 from .references import References, resolve_reference_dir
 from .sections import adapter_section, ah_vs_kd_section, gain_summary, ordering_section
 
@@ -72,8 +72,7 @@ def _draw(ok: pl.DataFrame, index: SeedIndex, grids: list[str], out: Path, paths
         shape = grid_shape(g)
         todo = [(f"calibration_{g}.png", plot_calibration, f"Reliability per method ({g})")]
         if shape in PLOTTERS:
-            prefix = SMOKE_PREFIX if g.startswith(SMOKE_PREFIX) else ""
-            todo.insert(0, (prefix + FIGURE_FILES[shape], PLOTTERS[shape], f"{FIGURE_TITLES[shape]} ({g})"))
+            todo.insert(0, (grid_prefix(g) + FIGURE_FILES[shape], PLOTTERS[shape], f"{FIGURE_TITLES[shape]} ({g})"))
         for name, plot, title in todo:
             target = out / name
             if target.exists():

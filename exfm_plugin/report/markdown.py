@@ -14,11 +14,19 @@ from .references import References
 from .stats import Interval, format_interval
 
 SMOKE_PREFIX = "smoke_"
+# a table or figure run at another size: smoke_ (make reproduce's), science_ (docs/science_check's)
+VARIANT_PREFIXES = (SMOKE_PREFIX, "science_")
+
+
+def grid_prefix(grid: str) -> str:
+    """The variant prefix of a grid name (``smoke_``, ``science_``), or ``""``."""
+    return next((p for p in VARIANT_PREFIXES if grid.startswith(p)), "")
 
 
 def grid_shape(grid: str) -> str:
-    """The table/figure shape of a grid name: ``smoke_table2`` is drawn like ``table2``."""
-    return grid[len(SMOKE_PREFIX):] if grid.startswith(SMOKE_PREFIX) else grid
+    """The table/figure shape of a grid name: ``smoke_table2`` is drawn like ``table2``,
+    ``science_table4`` like ``table4``."""
+    return grid[len(grid_prefix(grid)):]
 
 
 def fmt(x: float | None, digits: int = 4) -> str:

@@ -192,3 +192,20 @@ def test_crossed_student_hyperparameters_are_separate_cells_paired_with_their_ow
         gains = [100 * kd_gain[dim] / n for n in none[dim]]
         assert c["auc_gain_pct_mean"] == pytest.approx(statistics.mean(gains))
     assert "| FM (embedding_dim=8) | kd |" in paths.markdown.read_text()
+
+
+def test_variant_grids_take_their_table_shape(tmp_path):
+    """smoke_ (make reproduce) and science_ (docs/science_check) grids are a table at another
+    size: titled, paired with the paper's rows and ordered as that table."""
+    paper_none = {}
+    with (REFERENCE / "table4_taobaoad_domains.csv").open() as fh:
+        for r in csv.DictReader(fh):
+            paper_none[(r["student"], r["method"], r["domain"])] = float(r["auc"])
+    recs = [vm(0.6 + 0.01 * i, 0.21, grid=g, domain="0", method=m, seed=s)
+            for g in ("science_table4", "smoke_table4") for i, m in enumerate(("none", "ah_sa")) for s in SEEDS]
+    paths = build_report([write(tmp_path / "r.jsonl", recs)], tmp_path / "out", reference_dir=REFERENCE)
+    md = paths.markdown.read_text()
+    assert "## science_table4 — Table 4 shape" in md
+    assert md.index("## science_table4") < md.index("## smoke_table4")
+    want = paper_none[("FM", "none", "1")]  # our domain 0 is the paper's domain 1
+    assert f"| {want:.4f} |" in section(md, "## science_table4 — ")
