@@ -9,10 +9,13 @@ recommends an allocator that reuses memory (jemalloc, TCMalloc); this is the sam
 glibc's own knobs, set through ``mallopt``: no mmap for large blocks (they come from the heap
 and are reused) and no trimming of the heap's top.
 
-The cost: the process keeps its peak heap until it exits. ``exfm`` applies it to its own
-processes (the CLI and Ray step workers); set ``EXFM_SYSTEM_MALLOC=1`` to keep glibc's
-defaults. Library users can call :func:`retain_freed_memory` from their own script, or
-preload jemalloc / TCMalloc instead.
+The cost, and why it is opt-in: the process keeps its heap until it exits, and glibc 2.36's
+``posix_memalign`` (torch's CPU allocation) cannot reuse a freed block of exactly its own size,
+so a workload of many large tensors of shifting sizes can grow the heap far beyond its real
+need: the BARS Amazon DMIN step (8 heads, Dice, 100 positions) ran 3x slower and was once
+killed for memory with it. ``exfm`` (the CLI and its Ray step workers) applies it only when
+``EXFM_MALLOC=retain`` is set; a FuxiCTR script can call :func:`retain_freed_memory` itself,
+or preload jemalloc / TCMalloc instead.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import ctypes.util
 import os
 import sys
 
-OPT_OUT_ENV = "EXFM_SYSTEM_MALLOC"
+CHOICE_ENV = "EXFM_MALLOC"  # "retain" to keep freed memory; anything else: glibc's defaults
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_MAX = -4
 
@@ -31,12 +34,12 @@ _applied = False
 def retain_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed memory for reuse; True when it is in effect.
 
-    A no-op (False) when ``EXFM_SYSTEM_MALLOC`` is set, off Linux, or without glibc (musl,
-    macOS). Idempotent; affects the whole process and only allocations made after the call."""
+    A no-op (False) off Linux or without glibc (musl, macOS). Idempotent; affects the whole
+    process and only allocations made after the call."""
     global _applied
     if _applied:
         return True
-    if os.environ.get(OPT_OUT_ENV, "") not in ("", "0") or not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -47,6 +50,14 @@ def retain_freed_memory() -> bool:
     # -1 converts to SIZE_MAX inside glibc: never trim (documented in mallopt(3))
     _applied = mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, -1) == 1
     return _applied
+
+
+def configure_allocator() -> bool:
+    """What ``exfm``'s processes call first: :func:`retain_freed_memory` when
+    ``EXFM_MALLOC=retain``, else nothing (glibc's defaults). True when retaining."""
+    if os.environ.get(CHOICE_ENV, "").strip().lower() == "retain":
+        return retain_freed_memory()
+    return False
 
 
 def allocator_name() -> str:

@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from .allocator import retain_freed_memory
+from .allocator import configure_allocator
 from .contracts import DATASETS, SIZES, SOURCES
 from .errors import EXIT_INPUT, format_input_error, is_input_error
 
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, verbose = _pop_verbose(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.verbose = args.verbose or verbose
-    retain_freed_memory()  # training steps reuse their memory instead of re-mapping it (allocator.py)
+    configure_allocator()  # EXFM_MALLOC=retain: steps reuse freed memory (allocator.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 BLOCK_FLOATS = 50_000_000  # 200 MB: far above glibc's largest mmap threshold (32 MiB)
 PROBE = """
 import json, resource, sys, torch
-from exfm_plugin.allocator import allocator_name, retain_freed_memory
-applied = retain_freed_memory() if sys.argv[1] == "retain" else False
+from exfm_plugin.allocator import allocator_name, configure_allocator, retain_freed_memory
+applied = {{"retain": retain_freed_memory, "configure": configure_allocator}}.get(sys.argv[1], lambda: False)()
 def step_faults():  # a training step's pattern: a few large tensors made, used, freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones({n}); y = torch.ones({n} // 2); z = x[:{n} // 2] * y
@@ -28,7 +28,7 @@ print(json.dumps({{"applied": applied, "again": retain_freed_memory() if applied
 
 
 def probe(mode: str, **env: str) -> dict:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "EXFM_SYSTEM_MALLOC"))}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "EXFM_MALLOC"))}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**environ, **env}, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -49,6 +49,10 @@ def test_freed_blocks_are_reused_not_mapped_again():
     assert retained["faults"] <= 0.75 * system["faults"], (retained, system, pages)
 
 
-def test_the_opt_out_keeps_the_system_allocator():
-    opted_out = probe("retain", EXFM_SYSTEM_MALLOC="1")
-    assert (opted_out["applied"], opted_out["name"]) == (False, "system malloc")
+def test_exfm_processes_retain_only_when_asked():
+    """configure_allocator (the CLI's and the Ray workers' first call) keeps glibc's defaults
+    unless EXFM_MALLOC=retain."""
+    assert probe("configure")["name"] == "system malloc"
+    assert probe("configure", EXFM_MALLOC="system")["name"] == "system malloc"
+    asked = probe("configure", EXFM_MALLOC="retain")
+    assert asked["applied"] and asked["name"].startswith("retain")

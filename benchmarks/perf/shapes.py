@@ -113,10 +113,12 @@ def bars_model_params(model: str, dataset: str = "taobaoad_x1", **overrides) -> 
 
 
 def add_allocator_option(ap) -> None:
-    """``--allocator retain|system``: the benchmark's process allocator (exfm_plugin/allocator.py).
-    ``retain`` (default) is what ``exfm run`` uses; ``system`` is glibc's default malloc."""
-    ap.add_argument("--allocator", choices=["retain", "system"], default="retain",
-                    help="retain: freed memory is reused, as in `exfm run` (default); system: glibc's malloc")
+    """``--allocator system|retain``: the benchmark's process allocator. ``system`` (default) is
+    glibc's malloc, what ``exfm run`` uses unless ``EXFM_MALLOC=retain``; ``retain`` keeps freed
+    memory (exfm_plugin/allocator.py)."""
+    ap.add_argument("--allocator", choices=["system", "retain"], default="system",
+                    help="system: glibc's malloc (default, as exfm run); retain: freed memory is reused, "
+                         "as with EXFM_MALLOC=retain")
 
 
 def apply_allocator(choice: str) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import ray
 from tqdm import tqdm
 
-from ..allocator import retain_freed_memory
+from ..allocator import configure_allocator
 from .artifacts import ArtifactStore
 from .grid import Grid, GridError
 from .records import RecordWriter
@@ -74,7 +74,7 @@ class RaySummary(RunSummary):
 
 
 def _setup_worker(task: StepTask) -> None:
-    retain_freed_memory()  # as the exfm CLI does for its own process (allocator.py)
+    configure_allocator()  # as the exfm CLI does for its own process (allocator.py)
     if os.path.isdir(task.cwd):
         os.chdir(task.cwd)  # the grid's relative paths (base_config) mean what they meant to the driver
     import torch
