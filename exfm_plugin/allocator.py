@@ -3,19 +3,19 @@
 Why: glibc's malloc serves every allocation above its mmap threshold (at most 32 MiB) with a
 fresh ``mmap`` and returns it with ``munmap`` when freed. A CPU training step allocates
 activations and gradients of tens to hundreds of MB, so every step pays the kernel to map and
-zero the same memory again: on this project's 2-core machine a BARS DMIN step spent about as
-much time in page faults (system time) as in its own arithmetic. PyTorch's CPU tuning guide
+zero the same memory again: on this project's 2-core machine a BARS DMIN step spent more time
+in the kernel (page faults) than in its own arithmetic. PyTorch's CPU tuning guide
 recommends an allocator that reuses memory (jemalloc, TCMalloc); this is the same effect with
 glibc's own knobs, set through ``mallopt``: no mmap for large blocks (they come from the heap
 and are reused) and no trimming of the heap's top.
 
-The cost, and why it is opt-in: the process keeps its heap until it exits, and glibc 2.36's
-``posix_memalign`` (torch's CPU allocation) cannot reuse a freed block of exactly its own size,
-so a workload of many large tensors of shifting sizes can grow the heap far beyond its real
-need: the BARS Amazon DMIN step (8 heads, Dice, 100 positions) ran 3x slower and was once
-killed for memory with it. ``exfm`` (the CLI and its Ray step workers) applies it only when
-``EXFM_MALLOC=retain`` is set; a FuxiCTR script can call :func:`retain_freed_memory` itself,
-or preload jemalloc / TCMalloc instead.
+The cost, and why it is opt-in: the process keeps its heap until it exits, and in a probe
+here glibc 2.36's ``posix_memalign`` (torch's CPU allocation) did not reuse a freed block for
+the next request of the same size, so a workload of many large tensors can grow the heap past
+its real need: with it the BARS Amazon DMIN step (8 heads, Dice, 100 positions) ran 3x slower
+once and was killed for memory once. ``exfm`` (the CLI and its Ray step workers) applies it
+only when ``EXFM_MALLOC=retain`` is set; a FuxiCTR script can call :func:`retain_freed_memory`
+itself, or preload jemalloc / TCMalloc instead.
 """
 from __future__ import annotations
 

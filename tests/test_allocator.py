@@ -37,8 +37,8 @@ def probe(mode: str, **env: str) -> dict:
 def test_freed_blocks_are_reused_not_mapped_again():
     """In a steady state the system allocator maps (and the kernel zeroes) every block of the
     step again: 400 MB of pages. Retained, at least the blocks freed next to the heap's top are
-    reused (glibc 2.36's posix_memalign, which torch uses, cannot reuse a freed block of
-    exactly its own size, so not all of them)."""
+    reused (glibc 2.36's posix_memalign, which torch uses, does not reuse every freed block
+    for the next request of its size, so not all of them)."""
     system, retained = probe("system"), probe("retain")
     assert system["name"] == "system malloc" and retained["name"].startswith("retain")
     assert retained["applied"] and retained["again"]  # idempotent
