@@ -180,9 +180,13 @@ def bag_sum(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """(B, L) ids -> (B, D): the sum of each row's embeddings over its non-padding positions,
     without materialising the (B, L, D) lookup; row-sparse gradient when the table is. The
     padding positions are left out (not added as the padding row), so they cost nothing and
-    the padding row gets no gradient in either mode."""
+    the padding row gets no gradient in either mode. Off the CPU the dense lookup keeps the 2-D
+    form: finding the non-padding ids (``nonzero``) would cost a host sync there."""
+    sparse = getattr(table, "sparse", False) and torch.is_grad_enabled() and hasattr(table, "touched_rows")
+    if not sparse and ids.device.type != "cpu":
+        return F.embedding_bag(ids, table.weight, mode="sum", padding_idx=table.padding_idx)
     items, offsets, bag_of_item = bag_items(ids, table.padding_idx)
-    if getattr(table, "sparse", False) and torch.is_grad_enabled() and hasattr(table, "touched_rows"):
+    if sparse:
         rows, inverse = distinct_rows(items, table.num_embeddings)
         _note_rows(table, rows)
         return _RowSparseBagSum.apply(table.weight, items, offsets, bag_of_item, rows, inverse)

@@ -426,3 +426,14 @@ def test_bag_sum_is_the_masked_sum_of_the_lookup_in_value_and_gradient(seed, bat
     torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
     if padding is not None:
         assert torch.equal(grad[padding], torch.zeros(3))
+
+
+def test_dense_bag_sum_off_the_cpu_needs_no_data_dependent_op():
+    """Off the CPU a dense bag_sum keeps the 2-D embedding_bag: no nonzero, hence no host sync.
+    The meta device stands in for an accelerator: it has no data, so any op whose output
+    shape depends on the values (nonzero) fails there."""
+    table = nn.Embedding(7, 4, padding_idx=0, device="meta")
+    ids = torch.zeros(5, 3, dtype=torch.long, device="meta")
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        ids.nonzero()
+    assert bag_sum(table, ids).shape == (5, 4)
