@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-__all__ = ["EXIT_INPUT", "ExfmInputError", "InputError", "format_input_error", "is_input_error"]
+__all__ = ["EXIT_INPUT", "ExfmInputError", "InputError", "check_choice", "format_input_error", "is_input_error"]
 
 #: the exit status of every bad-input error
 EXIT_INPUT = 2
@@ -70,3 +70,11 @@ def format_input_error(command: str, exc: BaseException) -> str:
             text = str(exc.args[0])
     text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
     return f"exfm {command}: {text}"
+
+
+def check_choice(name: str, value: Any, choices) -> Any:
+    """``value`` when it is one of ``choices``; else a ValueError naming the option, the value
+    and the choices (``name='x' is not one of [...]``), the form of every option check."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+    return value

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Strict, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from ..contracts import ADAPTER_CONTROL, METHODS
+from ..errors import check_choice
 
 ADAPTER_INPUTS = ("logit", "prob")
 
@@ -51,12 +52,10 @@ class DistillConfig:
     adapter_eps: StrictFloat = 1e-6
     fm_pred_column: Annotated[str, Strict()] = "fm_pred"
 
-    @field_validator("method")
+    @field_validator("method", "adapter_input")
     @classmethod
-    def _method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"method={v!r} is not one of {list(METHODS)}")
-        return v
+    def _choice(cls, v: str, info) -> str:
+        return check_choice(info.field_name, v, {"method": METHODS, "adapter_input": ADAPTER_INPUTS}[info.field_name])
 
     @field_validator("label_scale", "grad_scale", "loss_weight", "adapter_lr")
     @classmethod
@@ -70,13 +69,6 @@ class DistillConfig:
     def _eps(cls, v: float) -> float:
         if not 0 < v < 0.5:
             raise ValueError(f"adapter_eps={v!r} must be in (0, 0.5)")
-        return v
-
-    @field_validator("adapter_input")
-    @classmethod
-    def _adapter_input(cls, v: str) -> str:
-        if v not in ADAPTER_INPUTS:
-            raise ValueError(f"adapter_input={v!r} is not one of {list(ADAPTER_INPUTS)}")
         return v
 
     @field_validator("head_hidden_units", "adapter_hidden_units", mode="before")

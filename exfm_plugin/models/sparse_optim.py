@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from torch import nn
 
+from ..errors import InputError, check_choice
+
 EMBEDDING_UPDATES = ("dense", "sparse")
 
 
@@ -140,25 +142,27 @@ class _RowSparseBagSum(torch.autograd.Function):
     is several times faster on CPU than scattering one row per item with ``index_add_``."""
 
     @staticmethod
-    def forward(ctx, weight, items, offsets, bag_of_item, rows, inverse):
-        ctx.save_for_backward(bag_of_item, rows, inverse)
-        ctx.weight_shape = weight.shape
+    def forward(ctx, weight, items, offsets, positions, length, rows, inverse):
+        ctx.save_for_backward(positions, rows, inverse)
+        ctx.weight_shape, ctx.length = weight.shape, length
         return F.embedding_bag(items, weight, offsets, mode="sum")
 
     @staticmethod
     def backward(ctx, grad_out):
-        bag_of_item, rows, inverse = ctx.saved_tensors
+        positions, rows, inverse = ctx.saved_tensors
+        bag_of_item = torch.div(positions, ctx.length, rounding_mode="floor")
         order = torch.sort(inverse.to(torch.int32), stable=True)[1]
         per_row = torch.bincount(inverse, minlength=rows.numel())
         row_offsets = torch.cumsum(per_row, 0) - per_row
         values = F.embedding_bag(bag_of_item.index_select(0, order), grad_out, row_offsets, mode="sum")
-        return _row_sparse_grad(rows, values, None, ctx.weight_shape), None, None, None, None, None
+        return _row_sparse_grad(rows, values, None, ctx.weight_shape), None, None, None, None, None, None
 
 
 def bag_items(ids: torch.Tensor, padding_idx: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, L) ids -> ``(items, offsets, bag_of_item)``: the non-padding ids in row order, where
-    each row's bag starts, and each item's row. ``embedding_bag`` on this 1-D form runs its fast
-    kernel; given the 2-D ids with ``padding_idx`` it takes a slow path (about 25x on CPU)."""
+    """(B, L) ids -> ``(items, offsets, positions)``: the non-padding ids in row order, where
+    each row's bag starts, and each item's flat position (its row is ``position // L``).
+    ``embedding_bag`` on this 1-D form runs its fast kernel; given the 2-D ids with
+    ``padding_idx`` it takes a slow path (about 25x on CPU)."""
     batch, length = ids.shape
     flat = ids.reshape(-1)
     if padding_idx is None:
@@ -168,7 +172,7 @@ def bag_items(ids: torch.Tensor, padding_idx: int | None) -> tuple[torch.Tensor,
         positions = (flat != padding_idx).nonzero().squeeze(1)
         counts = (ids != padding_idx).sum(dim=1)
     offsets = torch.cumsum(counts, 0) - counts
-    return flat.index_select(0, positions), offsets, torch.div(positions, length, rounding_mode="floor")
+    return flat.index_select(0, positions), offsets, positions
 
 
 def _note_rows(table: nn.Embedding, rows: torch.Tensor) -> None:
@@ -185,11 +189,11 @@ def bag_sum(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     sparse = getattr(table, "sparse", False) and torch.is_grad_enabled() and hasattr(table, "touched_rows")
     if not sparse and ids.device.type != "cpu":
         return F.embedding_bag(ids, table.weight, mode="sum", padding_idx=table.padding_idx)
-    items, offsets, bag_of_item = bag_items(ids, table.padding_idx)
+    items, offsets, positions = bag_items(ids, table.padding_idx)
     if sparse:
         rows, inverse = distinct_rows(items, table.num_embeddings)
         _note_rows(table, rows)
-        return _RowSparseBagSum.apply(table.weight, items, offsets, bag_of_item, rows, inverse)
+        return _RowSparseBagSum.apply(table.weight, items, offsets, positions, ids.shape[1], rows, inverse)
     return F.embedding_bag(items, table.weight, offsets, mode="sum")
 
 
@@ -296,7 +300,6 @@ def check_learning_rate(lr: object) -> None:
     """Refuse a learning rate that is not a number >= 0 by name (fuxictr's get_optimizer would
     report it as "optimizer=... is not supported")."""
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
-        from ..errors import InputError
         raise InputError(f"learning_rate {lr!r} is not a learning rate", where="the model's learning_rate",
                          expected="a number >= 0, e.g. 1.0e-3")
 
@@ -305,8 +308,7 @@ def build_optimizer(optimizer: str | type, params: Iterable[nn.Parameter], lr: f
                     embedding_update: str) -> torch.optim.Optimizer:
     """fuxictr's ``get_optimizer`` for ``dense``; :class:`LazyAdam` for ``sparse``, which
     only has an Adam form, so any other optimizer name is an error."""
-    if embedding_update not in EMBEDDING_UPDATES:
-        raise ValueError(f"embedding_update={embedding_update!r} is not one of {list(EMBEDDING_UPDATES)}")
+    check_choice("embedding_update", embedding_update, EMBEDDING_UPDATES)
     check_learning_rate(lr)
     if embedding_update == "dense":
         from fuxictr.pytorch.torch_utils import get_optimizer

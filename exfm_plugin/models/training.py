@@ -26,6 +26,7 @@ from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from fuxictr.pytorch.torch_utils import get_regularizer
 from torch import nn
 
+from ..errors import check_choice
 from .sparse_optim import (EMBEDDING_UPDATES, build_optimizer, check_learning_rate, clip_grad_norm_,
                            enable_sparse_embeddings, touched_rows_penalty, union_rows)
 
@@ -37,10 +38,8 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[str, Callable]]" = weakref
 
 def validate_training_options(embedding_update: str, precision: str, torch_compile: bool) -> None:
     """Raise a ValueError naming the option and its allowed values."""
-    if embedding_update not in EMBEDDING_UPDATES:
-        raise ValueError(f"embedding_update={embedding_update!r} is not one of {list(EMBEDDING_UPDATES)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    check_choice("embedding_update", embedding_update, EMBEDDING_UPDATES)
+    check_choice("precision", precision, PRECISIONS)
     if not isinstance(torch_compile, bool):
         raise ValueError(f"torch_compile={torch_compile!r} must be true or false")
     if torch_compile and embedding_update == "sparse":

@@ -27,7 +27,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, Stri
 
 from ..contracts import BARS_DATASET_IDS, DATASETS, FM_TRAINING, METHODS, SIZES, SOURCES, VM_SCHEDULES
 from ..distill.config import DistillConfig
-from ..errors import ExfmInputError
+from ..errors import ExfmInputError, check_choice
 from ..models import MODEL_REGISTRY
 from ..resources import resolve_grid
 from .model_keys import describe_unknown, shipped_value, unknown_keys
@@ -133,8 +133,7 @@ class Cell:
 
 def _check_choices(name: str, value: Any, choices) -> Any:
     for v in _as_list(value):
-        if v not in choices:
-            raise ValueError(f"{name}={v!r} is not one of {list(choices)}")
+        check_choice(name, v, choices)
     return value
 
 
