@@ -6,7 +6,8 @@ the BARS ones (yaml_configs/models/model_config/DMIN.yaml). TaobaoAd uses its re
 sizes (benchmarks/perf/shapes.py); Amazon uses the BARS AmazonElectronics_x1 sizes (63,001
 items, 801 categories). Histories are post-padded with lengths uniform in [0, max_len] (half
 full on average). Steps of the two models are interleaved one by one (first caller alternating)
-and the median seconds per step is taken, so load changes on a shared machine hit both alike.
+and the median seconds per step is taken, so load changes on a shared machine hit both alike;
+'paired' is the median [min, max] over rounds of the two back-to-back steps' ratio.
 Target (issue 10): new / legacy >= 1 despite the layers the reference adds.
 
     python benchmarks/perf/dmin_throughput.py [--steps 2] [--datasets taobaoad amazon] [--threads 2]
@@ -20,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ from fuxictr.features import FeatureMap
 sys.path.insert(0, os.path.dirname(__file__))
 from legacy_dmin import LegacyDMIN  # noqa: E402
 from shapes import (TAOBAO_CATEGORICAL, add_allocator_option, apply_allocator,  # noqa: E402
-                    taobao_batches, taobao_feature_map)
+                    interleaved_seconds, paired_ratio, taobao_batches, taobao_feature_map)
 
 from exfm_plugin.config import load_experiment  # noqa: E402
 from exfm_plugin.models import DMIN  # noqa: E402
@@ -87,17 +86,6 @@ def bars_params(expid: str, target, sequence) -> dict:
     return out
 
 
-def interleaved_seconds(step_fns: dict, steps: int) -> dict[str, list[float]]:
-    times = {name: [] for name in step_fns}
-    names = list(step_fns)
-    for i in range(steps):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            step_fns[name](i)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def run_dataset(name: str, steps: int, root: str, batch_size: int | None = None,
                 vocab_cap: int | None = None) -> dict:
     if vocab_cap:
@@ -127,13 +115,14 @@ def run_dataset(name: str, steps: int, root: str, batch_size: int | None = None,
         m._max_gradient_norm = 10.0
         m.train()
         m.train_step({k: v[:64] for k, v in batches[0].items()})  # warm-up: Adam state, first calls
-    times = interleaved_seconds({k: (lambda i, m=m: m.train_step(batches[i % len(batches)]))
-                                 for k, m in models.items()}, steps)
-    rows = {k: batch_size / statistics.median(t) for k, t in times.items()}
+    rounds: dict[str, list[float]] = {}
+    median = interleaved_seconds({k: (lambda i, m=m: m.train_step(batches[i % len(batches)]))
+                                  for k, m in models.items()}, steps, warmup=0, rounds=rounds)
+    rows = {k: batch_size / t for k, t in median.items()}
     counts = {k: sum(p.numel() for n, p in m.named_parameters() if "embedding_layer" not in n)
               for k, m in models.items()}
     return {"dataset": name, "batch_size": batch_size, "rows_s": rows, "ratio": rows["new"] / rows["legacy"],
-            "network_params": counts}
+            "paired": paired_ratio(rounds, "legacy", "new"), "network_params": counts}
 
 
 def main(argv=None) -> None:
@@ -156,7 +145,8 @@ def main(argv=None) -> None:
         batch = args.taobaoad_batch if name == "taobaoad" else args.amazon_batch
         r = run_dataset(name, args.steps, root, batch, args.vocab_cap)
         print(f"{name:9s} batch {r['batch_size']:5d}  legacy {r['rows_s']['legacy']:9.0f} rows/s  "
-              f"new {r['rows_s']['new']:9.0f} rows/s  new/legacy {r['ratio']:.2f}  "
+              f"new {r['rows_s']['new']:9.0f} rows/s  new/legacy {r['ratio']:.2f} "
+              f"(paired {r['paired'][0]:.2f} [{r['paired'][1]:.2f}, {r['paired'][2]:.2f}])  "
               f"(network params legacy {r['network_params']['legacy']:,}, new {r['network_params']['new']:,})",
               flush=True)
 

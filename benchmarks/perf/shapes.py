@@ -68,12 +68,14 @@ def taobao_batches(num_batches: int, batch_size: int, seed: int = 0,
 
 
 def interleaved_seconds(step_fns: dict, steps: int, warmup: int = 2,
-                        cpu: dict | None = None) -> dict[str, float]:
+                        cpu: dict | None = None, rounds: dict | None = None) -> dict[str, float]:
     """Median seconds per call of each function, calls interleaved one by one (first caller
     alternating) so that load changes on a shared machine hit every variant alike. The first
     ``warmup`` rounds (allocation of optimizer state, caches) are not timed. When ``cpu`` is a
     dict it receives the median CPU seconds (all threads of this process) per call: on a
-    machine shared with other jobs, CPU time is far less disturbed than wall time."""
+    machine shared with other jobs, CPU time is far less disturbed than wall time. When
+    ``rounds`` is a dict it receives every timed round's seconds per function, for paired
+    ratios (:func:`paired_ratio`)."""
     import statistics
     import time
 
@@ -89,7 +91,19 @@ def interleaved_seconds(step_fns: dict, steps: int, warmup: int = 2,
                 cpu_times[name].append(time.process_time() - start_cpu)
     if cpu is not None:
         cpu.update({name: statistics.median(t) for name, t in cpu_times.items()})
+    if rounds is not None:
+        rounds.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def paired_ratio(rounds: dict[str, list[float]], base: str, other: str) -> tuple[float, float, float]:
+    """Throughput of ``other`` over ``base`` from the same rounds of :func:`interleaved_seconds`:
+    the median, min and max over rounds of base seconds / other seconds. Both calls of a round
+    ran back to back, so a load change between rounds cancels out of each ratio."""
+    import statistics
+
+    ratios = [b / o for b, o in zip(rounds[base], rounds[other])]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 BARS_DATA_KEYS = ("data_root", "data_format", "train_data", "valid_data", "test_data", "feature_cols",

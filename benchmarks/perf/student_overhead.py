@@ -6,7 +6,7 @@ Target: ``ah_sa`` keeps >= 90% of ``none``'s training rows/s for FM, FmFM and De
 batch 8192, embedding 32, BARS hyperparameters); the exported model's parameter count and
 inference time equal the plain VM's.
 
-    python benchmarks/perf/student_overhead.py [--steps 4] [--batch-size 8192]
+    python benchmarks/perf/student_overhead.py [--steps 8] [--batch-size 8192]
         [--models FM FmFM DeepFM] [--modes dense sparse]
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from shapes import (add_allocator_option, apply_allocator, bars_model_params,  # noqa: E402
-                    interleaved_seconds, taobao_batches, taobao_feature_map)
+                    interleaved_seconds, paired_ratio, taobao_batches, taobao_feature_map)
 
 from exfm_plugin.distill import DistillConfig, ExFMStudent, export_serving_model  # noqa: E402
 from exfm_plugin.models import MODEL_REGISTRY  # noqa: E402
@@ -43,7 +43,7 @@ def make_student(name: str, fmap, root: str, method: str, mode: str, seed: int =
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per method (median taken)")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per method (median taken)")
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--models", nargs="+", default=["FM", "FmFM", "DeepFM"])
     ap.add_argument("--modes", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"])
@@ -54,9 +54,11 @@ def main(argv=None) -> None:
     fmap = taobao_feature_map(os.path.join(root, "data"))
     batches = taobao_batches(3, args.batch_size)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, allocator {args.allocator_name}, batch {args.batch_size}, emb 32, "
-          f"BARS hyperparameters; median of {args.steps} interleaved steps per method. 'cpu ratio' = the "
-          f"ratio from median CPU time (all threads), steadier on a shared machine")
-    print(f"{'model':7s} {'update':6s} {'none rows/s':>12s} {'ah_sa rows/s':>13s} {'ratio':>6s} {'cpu ratio':>9s} "
+          f"BARS hyperparameters; median of {args.steps} interleaved steps per method. 'ratio' = ah_sa / none "
+          f"rows/s from the median step times; 'paired [min, max]' = the median (range) over rounds of the two "
+          f"back-to-back steps' ratio; 'cpu ratio' = from median CPU time (all threads), steadier on a shared machine")
+    print(f"{'model':7s} {'update':6s} {'none rows/s':>12s} {'ah_sa rows/s':>13s} {'ratio':>6s} "
+          f"{'paired [min, max]':>19s} {'cpu ratio':>9s} "
           f"{'params plain':>13s} {'params export':>14s} {'infer ratio':>11s}")
     for name in args.models:
         for mode in args.modes:
@@ -64,9 +66,11 @@ def main(argv=None) -> None:
             for s in students.values():
                 s.train()
             cpu: dict[str, float] = {}
+            rounds: dict[str, list[float]] = {}
             train = interleaved_seconds(
                 {m: (lambda i, s=s: s.train_step(batches[i % len(batches)])) for m, s in students.items()},
-                args.steps, cpu=cpu)
+                args.steps, cpu=cpu, rounds=rounds)
+            paired, paired_lo, paired_hi = paired_ratio(rounds, "none", "ah_sa")
             plain = students["none"].vm.eval()
             exported = export_serving_model(students["ah_sa"])
             with torch.no_grad():
@@ -75,7 +79,8 @@ def main(argv=None) -> None:
                                             args.steps, warmup=1)
             rate = {m: args.batch_size / t for m, t in train.items()}
             print(f"{name:7s} {mode:6s} {rate['none']:12.0f} {rate['ah_sa']:13.0f} "
-                  f"{rate['ah_sa'] / rate['none']:6.3f} {cpu['none'] / cpu['ah_sa']:9.3f} "
+                  f"{rate['ah_sa'] / rate['none']:6.3f} {paired:7.3f} [{paired_lo:.2f}, {paired_hi:.2f}] "
+                  f"{cpu['none'] / cpu['ah_sa']:9.3f} "
                   f"{plain.serving_parameter_count():13d} {exported.serving_parameter_count():14d} "
                   f"{infer['export'] / infer['plain']:11.3f}", flush=True)
             del students, plain, exported

@@ -65,19 +65,24 @@ run only where their output can reach the result -- valid positions, and every p
 all-padding row -- since every other position gets softmax weight exactly 0 (exp(-1e9) == 0):
 the same output, about half the work at BARS-like fill. With Dice every position is computed,
 as the reference's batch statistics need them (on CUDA always, to avoid a host sync).
-Dice over (heads, positions) uses a hand-written backward (same gradient, fewer memory passes).
+The grouped layers (``grouped_layers``) write the large per-(head, position) tensors in place:
+the target terms into the first layer's pre-activation, ReLU and dropout (same draws as
+``nn.Dropout``) into each layer's output, and Dice's backward without its normalised input,
+so each large block is allocated once -- on CPU every fresh block of this size costs page
+faults. Dice over (heads, positions) uses a hand-written backward (same gradient).
 """
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from fuxictr.pytorch.layers import FeatureEmbeddingDict, MLP_Block
-from fuxictr.pytorch.torch_utils import get_activation
+
+from .grouped_layers import (GroupedDice, GroupedMLP, add_target_terms_, dropout_, relu_dropout_,
+                             xavier_normal_in_out_)
 
 FieldGroup = tuple[str, ...]
 NEG_INF = -1.0e9  # the reference's fill value for masked attention scores
@@ -129,12 +134,6 @@ def allowed_keys(valid: torch.Tensor) -> torch.Tensor:
     return causal & (valid[:, None, :] | eye)
 
 
-def _xavier_normal_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
-    """nn.init.xavier_normal_ for a Linear(fan_in, fan_out), on a slice stored (in, out)."""
-    with torch.no_grad():
-        weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
-
-
 # --------------------------------------------------------------------------- behaviour refiner
 class BehaviorRefiner(nn.Module):
     """The reference's BehaviorRefinerLayer (see the module docstring), on torch's fused
@@ -169,132 +168,6 @@ class BehaviorRefiner(nn.Module):
         if self.layer_norm is not None:
             s = self.layer_norm(s)
         return self.ffn(s) + s
-
-
-# --------------------------------------------------------------------------- grouped (per head) layers
-class _DiceFunction(torch.autograd.Function):
-    """Dice on (H, N, U) with given statistics, its backward written out: the same function and
-    gradient as autograd through BatchNorm + sigmoid gate, in about half the memory passes
-    (Dice over every (head, position) is the largest elementwise cost of BARS' Amazon DMIN)."""
-
-    @staticmethod
-    def forward(ctx, x, alpha, mean, rstd, batch_stats: bool):
-        shift = -mean * rstd
-        p = torch.addcmul(shift, x, rstd).sigmoid_()
-        gate = torch.addcmul(alpha, p, 1 - alpha)
-        ctx.save_for_backward(x, alpha, p, shift, rstd)
-        ctx.batch_stats = batch_stats
-        return gate.mul_(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, alpha, p, shift, rstd = ctx.saved_tensors
-        c = 1 - alpha
-        u = grad * x
-        u.mul_(1 - p)
-        grad_alpha = u.sum(dim=1, keepdim=True)
-        u.mul_(p)  # d loss / d xhat, divided by (1 - alpha)
-        dx = torch.addcmul(alpha, p, c).mul_(grad)  # through the gate's x factor
-        if ctx.batch_stats:  # BatchNorm backward: the statistics depend on x
-            xhat = torch.addcmul(shift, x, rstd)
-            m1 = u.mean(dim=1, keepdim=True)
-            m2 = (u * xhat).mean(dim=1, keepdim=True)
-            u.sub_(xhat.mul_(m2)).sub_(m1)
-        dx.addcmul_(u, rstd * c)
-        return dx, grad_alpha, None, None, None
-
-
-class GroupedDice(nn.Module):
-    """fuxictr's Dice for each head at once: input (H, N, U), batch statistics over N per
-    (head, unit), exactly ``BatchNorm1d(U, affine=False, eps=1e-9, momentum=0.01)`` per head."""
-
-    def __init__(self, num_groups: int, units: int, eps: float = 1e-9, momentum: float = 0.01):
-        super().__init__()
-        self.eps, self.momentum = eps, momentum
-        self.alpha = nn.Parameter(torch.zeros(num_groups, 1, units))
-        self.register_buffer("running_mean", torch.zeros(num_groups, 1, units))
-        self.register_buffer("running_var", torch.ones(num_groups, 1, units))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            with torch.no_grad():
-                var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
-                n = x.shape[1]
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * (n / max(n - 1, 1)), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
-        rstd = torch.rsqrt(var + self.eps)
-        return _DiceFunction.apply(x, self.alpha.to(x.dtype), mean.to(x.dtype), rstd.to(x.dtype),
-                                   self.training)
-
-
-class GroupedPReLU(nn.Module):
-    """fuxictr's ``nn.PReLU(units, init=0.1)`` for each head at once (input (H, N, U))."""
-
-    def __init__(self, num_groups: int, units: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.full((num_groups, 1, units), 0.1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.where(x >= 0, x, self.weight * x)
-
-
-def grouped_activation(name, num_groups: int, units: int) -> nn.Module | None:
-    """The activation fuxictr's ``get_activation(name, units)`` gives, for all heads at once."""
-    if name is None:
-        return None
-    if isinstance(name, str) and name.lower() == "dice":
-        return GroupedDice(num_groups, units)
-    if isinstance(name, str) and name.lower() == "prelu":
-        return GroupedPReLU(num_groups, units)
-    act = get_activation(name, units)
-    if any(True for _ in act.parameters()):
-        raise ValueError(f"attention_activation={name!r} has parameters; only parameter-free "
-                         f"activations, Dice and PReLU are supported for the grouped heads")
-    return act
-
-
-class GroupedMLP(nn.Module):
-    """``num_groups`` independent fuxictr MLP_Blocks (Linear, activation, dropout per hidden
-    layer; a Linear output) applied to (G, N, in) with batched matmuls.
-
-    The first layer's weight is stored whole, (G, in, units[0]); callers may feed its
-    pre-activation themselves (``forward(x, first_pre=...)``).
-    """
-
-    def __init__(self, num_groups: int, input_dim: int, hidden_units: list[int], activations,
-                 output_dim: int, dropout_rate: float = 0.0):
-        super().__init__()
-        units = [input_dim] + list(hidden_units) + [output_dim]
-        acts = activations if isinstance(activations, list) else [activations] * len(hidden_units)
-        if len(acts) != len(hidden_units):
-            raise ValueError(f"activations={activations!r}: expected one per hidden layer {hidden_units}")
-        self.dims = list(zip(units[:-1], units[1:]))
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(num_groups, i, o)) for i, o in self.dims)
-        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(num_groups, 1, o)) for _, o in self.dims)
-        self.activations = nn.ModuleList(grouped_activation(a, num_groups, u) or nn.Identity()
-                                         for a, u in zip(acts, hidden_units))
-        self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else None
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        for w, b, (i, o) in zip(self.weights, self.biases, self.dims):
-            _xavier_normal_(w, i, o)
-            nn.init.zeros_(b)
-
-    def forward(self, x: torch.Tensor | None, first_pre: torch.Tensor | None = None) -> torch.Tensor:
-        last = len(self.weights) - 1
-        for idx, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if idx == 0 and first_pre is not None:
-                x = first_pre
-            else:
-                x = torch.baddbmm(b, x, w)
-            if idx < last:
-                x = self.activations[idx](x)
-                if self.dropout is not None:
-                    x = self.dropout(x)
-        return x
 
 
 # --------------------------------------------------------------------------- interest extractor
@@ -338,9 +211,9 @@ class MultiInterestExtractor(nn.Module):
 
     def init_weights(self) -> None:
         d, hd = self.model_dim, self.head_dim
-        _xavier_normal_(self.W_o, hd, d)
-        _xavier_normal_(self.ffn_w1, d, 2 * d)
-        _xavier_normal_(self.ffn_w2, 2 * d, d)
+        xavier_normal_in_out_(self.W_o, hd, d)
+        xavier_normal_in_out_(self.ffn_w1, d, 2 * d)
+        xavier_normal_in_out_(self.ffn_w2, 2 * d, d)
         for b in (self.ffn_b1, self.ffn_b2):
             nn.init.zeros_(b)
         if self.ln_weight is not None:
@@ -348,7 +221,7 @@ class MultiInterestExtractor(nn.Module):
             nn.init.zeros_(self.ln_bias)
         if self.use_pos_emb:
             nn.init.zeros_(self.pos_emb)  # the reference's nn.Parameter(torch.zeros(...)), never re-initialised
-            _xavier_normal_(self.W_proj, self.W_proj.shape[1], d)
+            xavier_normal_in_out_(self.W_proj, self.W_proj.shape[1], d)
             nn.init.zeros_(self.b_proj)
 
     def packs_positions(self, device: torch.device) -> bool:
@@ -362,14 +235,14 @@ class MultiInterestExtractor(nn.Module):
         """Per-head output projection, residual, LayerNorm and FFN of (H, M, head_dim)
         attention outputs at M positions whose inputs are ``seq`` (M, d): (H, M, d)."""
         d = seq.shape[-1]
-        s = torch.bmm(attn, self.W_o)
-        if self.net_dropout is not None:
-            s = self.net_dropout(s)
-        s = s + seq.unsqueeze(0)
+        s = torch.bmm(attn, self.W_o)  # fresh (H, M, d) blocks below are written in place
+        if self.net_dropout is not None and self.training:
+            s = dropout_(s, self.net_dropout.p)
+        s += seq.unsqueeze(0)
         if self.ln_weight is not None:
             s = torch.addcmul(self.ln_bias, F.layer_norm(s, (d,)), self.ln_weight)
-        hidden = F.relu(torch.baddbmm(self.ffn_b1, s, self.ffn_w1))
-        return torch.baddbmm(self.ffn_b2, hidden, self.ffn_w2) + s
+        hidden = relu_dropout_(torch.baddbmm(self.ffn_b1, s, self.ffn_w1))
+        return torch.baddbmm(self.ffn_b2, hidden, self.ffn_w2).add_(s)
 
     def forward(self, seq: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
@@ -405,22 +278,21 @@ class MultiInterestExtractor(nn.Module):
         W_t = W_t + W_diff
         row_term = torch.baddbmm(self.attn_mlp.biases[0], t_row, W_t)  # (H, B, U)
         pos_term = torch.bmm(t_pos, W_t) if t_pos is not None else None  # (H, L, U)
+        # the first layer's pre-activation gets its target terms in place and is handed to the
+        # MLP, which overwrites it with its activation: each large block is allocated once
+        # (grouped_layers docstring)
+        W_in = torch.cat([W_z - W_diff, W_prod], dim=1)
         if idx is None:  # every position: the target terms broadcast over rows / positions
             t_full = t_row.unsqueeze(2) if t_pos is None else t_row.unsqueeze(2) + t_pos.unsqueeze(1)
             tz = (z.view(H, B, L, d) * t_full).view(H, B * L, d)
-            pre = torch.bmm(torch.cat([z, tz], dim=-1), torch.cat([W_z - W_diff, W_prod], dim=1))
-            pre = pre.view(H, B, L, -1) + row_term.unsqueeze(2)
-            if pos_term is not None:
-                pre = pre + pos_term.unsqueeze(1)
-            scores = self.attn_mlp(None, first_pre=pre.view(H, B * L, -1)).view(H, B, L)
+            pre = add_target_terms_(torch.bmm(torch.cat([z, tz], dim=-1), W_in), row_term, pos_term, L)
+            scores = self.attn_mlp(None, first_pre=pre).view(H, B, L)
         else:  # packed positions: the same terms gathered (index_select: its backward is index_add)
             t_full = t_row.index_select(1, rows)
             if t_pos is not None:
                 t_full = t_full + t_pos.index_select(1, pos)
-            pre = torch.bmm(torch.cat([z, z * t_full], dim=-1), torch.cat([W_z - W_diff, W_prod], dim=1))
-            pre = pre + row_term.index_select(1, rows)
-            if pos_term is not None:
-                pre = pre + pos_term.index_select(1, pos)
+            pre = torch.bmm(torch.cat([z, z * t_full], dim=-1), W_in)
+            pre = add_target_terms_(pre, row_term, pos_term, L, rows, pos)
             packed = self.attn_mlp(None, first_pre=pre).squeeze(-1)  # (H, M)
             scores = packed.new_full((H, B * L), NEG_INF).index_copy(1, idx, packed).view(H, B, L)
         weights = scores.masked_fill(~valid.unsqueeze(0), NEG_INF).softmax(dim=-1)
