@@ -47,10 +47,11 @@ class ReportPaths:
 
 
 def grid_order(grids: Iterable[str]) -> list[str]:
-    """Known shapes in the paper's order, smoke grids after the real ones, unknown grids last."""
+    """Real grids, then variant grids (``smoke_``, ``science_``); within each, known shapes in
+    the paper's order and unknown shapes last."""
     def key(g: str) -> tuple:
         shape = grid_shape(g)
-        return (g.startswith(SMOKE_PREFIX), KNOWN_GRIDS.index(shape) if shape in KNOWN_GRIDS else 99, g)
+        return (bool(grid_prefix(g)), KNOWN_GRIDS.index(shape) if shape in KNOWN_GRIDS else 99, g)
     return sorted(set(grids), key=key)
 
 

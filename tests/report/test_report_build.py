@@ -209,3 +209,11 @@ def test_variant_grids_take_their_table_shape(tmp_path):
     assert md.index("## science_table4") < md.index("## smoke_table4")
     want = paper_none[("FM", "none", "1")]  # our domain 0 is the paper's domain 1
     assert f"| {want:.4f} |" in section(md, "## science_table4 — ")
+
+
+def test_grid_order_puts_every_variant_after_the_real_grids():
+    """science_ grids are variants like smoke_ ones: after the real grids, in the paper's order."""
+    from exfm_plugin.report.build import grid_order
+
+    got = grid_order(["smoke_fig9", "science_table4", "mine", "table3", "smoke_table2", "table2", "smoke_table4"])
+    assert got == ["table2", "table3", "mine", "smoke_table2", "science_table4", "smoke_table4", "smoke_fig9"]
