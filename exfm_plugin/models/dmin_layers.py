@@ -57,7 +57,8 @@ BARS configs use). Point by point:
   the grouped ones below; nn.MultiheadAttention keeps torch's own; LayerNorm 1/0; Dice alpha 0).
 
 Speed: every per-head module above is stored as one grouped tensor (heads first) and applied
-with batched matmuls; attention uses ``F.scaled_dot_product_attention``. The first attention-MLP
+with batched matmuls; attention is ``masked_attention`` (``F.scaled_dot_product_attention``'s
+values and dropout draws; on CPU written in place, elsewhere torch's own). The first attention-MLP
 layer is split algebraically, ``[t, z, t-z, t*z] W = t (W1 + W3) + z (W2 - W3) + (t*z) W4``, so
 the per-position work is over 2d inputs instead of 4d (same function, same parameters). On CPU,
 when the attention MLP keeps no batch statistics (no Dice), the extractor's per-position layers
@@ -67,9 +68,11 @@ the same output, about half the work at BARS-like fill. With Dice every position
 as the reference's batch statistics need them (on CUDA always, to avoid a host sync).
 The grouped layers (``grouped_layers``) write the large per-(head, position) tensors in place:
 the target terms into the first layer's pre-activation, ReLU and dropout (same draws as
-``nn.Dropout``) into each layer's output, and Dice's backward without its normalised input,
-so each large block is allocated once -- on CPU every fresh block of this size costs page
-faults. Dice over (heads, positions) uses a hand-written backward (same gradient).
+``nn.Dropout``) into each layer's output, t * z without the broadcast t (``target_product``),
+the (t * z) W4 product accumulated into z (W2 - W3)'s output, and each backward into a buffer
+its forward saved, so each large block is allocated about once -- on CPU every fresh block of
+this size costs page faults. Dice over (heads, positions) uses a hand-written backward (same
+gradient) that never materialises its normalised input.
 """
 from __future__ import annotations
 
@@ -82,7 +85,8 @@ from torch import nn
 from fuxictr.pytorch.layers import FeatureEmbeddingDict, MLP_Block
 
 from .grouped_layers import (GroupedDice, GroupedMLP, add_target_terms_, dropout_, relu_dropout_,
-                             xavier_normal_in_out_)
+                             target_product, xavier_normal_in_out_)
+from .masked_attention import masked_attention
 
 FieldGroup = tuple[str, ...]
 NEG_INF = -1.0e9  # the reference's fill value for masked attention scores
@@ -161,8 +165,7 @@ class BehaviorRefiner(nn.Module):
             mask = (~allowed).to(seq.dtype)[:, None]
         else:
             mask = allowed[:, None]
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0)
+        attn = masked_attention(q, k, v, mask, self.attention_dropout if self.training else 0.0)
         attn = self.attention.out_proj(attn.transpose(1, 2).reshape(B, L, d))
         s = self.dropout(attn) + seq
         if self.layer_norm is not None:
@@ -250,9 +253,8 @@ class MultiInterestExtractor(nn.Module):
         H, hd = self.num_heads, self.head_dim
         q, k, v = self.W_qkv(seq).chunk(3, dim=-1)
         q, k, v = (t.view(B, L, H, hd).transpose(1, 2) for t in (q, k, v))
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed[:, None],
-            dropout_p=self.attention_dropout if self.training else 0.0)  # (B, H, L, hd)
+        attn = masked_attention(q, k, v, allowed[:, None],
+                                self.attention_dropout if self.training else 0.0)  # (B, H, L, hd)
         attn = attn.permute(1, 0, 2, 3).reshape(H, B * L, hd)
         flat_seq = seq.reshape(B * L, d)
         if self.packs_positions(seq.device):
@@ -281,17 +283,17 @@ class MultiInterestExtractor(nn.Module):
         # the first layer's pre-activation gets its target terms in place and is handed to the
         # MLP, which overwrites it with its activation: each large block is allocated once
         # (grouped_layers docstring)
-        W_in = torch.cat([W_z - W_diff, W_prod], dim=1)
+        # z @ (W_z - W_diff) + (t * z) @ W_prod, the second accumulated into the first's output
+        pre = torch.bmm(z, W_z - W_diff)
         if idx is None:  # every position: the target terms broadcast over rows / positions
-            t_full = t_row.unsqueeze(2) if t_pos is None else t_row.unsqueeze(2) + t_pos.unsqueeze(1)
-            tz = (z.view(H, B, L, d) * t_full).view(H, B * L, d)
-            pre = add_target_terms_(torch.bmm(torch.cat([z, tz], dim=-1), W_in), row_term, pos_term, L)
+            pre = pre.baddbmm_(target_product(z, t_row, t_pos, L), W_prod)
+            pre = add_target_terms_(pre, row_term, pos_term, L)
             scores = self.attn_mlp(None, first_pre=pre).view(H, B, L)
         else:  # packed positions: the same terms gathered (index_select: its backward is index_add)
             t_full = t_row.index_select(1, rows)
             if t_pos is not None:
                 t_full = t_full + t_pos.index_select(1, pos)
-            pre = torch.bmm(torch.cat([z, z * t_full], dim=-1), W_in)
+            pre = pre.baddbmm_(z * t_full, W_prod)
             pre = add_target_terms_(pre, row_term, pos_term, L, rows, pos)
             packed = self.attn_mlp(None, first_pre=pre).squeeze(-1)  # (H, M)
             scores = packed.new_full((H, B * L), NEG_INF).index_copy(1, idx, packed).view(H, B, L)

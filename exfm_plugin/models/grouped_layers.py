@@ -7,7 +7,10 @@ activations is hundreds of MB at BARS sizes. glibc serves such blocks with a fre
 each time, and on a CPU host the page faults of a new block cost about as much as the
 arithmetic on it; fusing ReLU and dropout into the matmul's output (same values, same
 random draws as ``nn.ReLU`` then ``nn.Dropout``, same gradient) removes three of the five
-blocks per layer that the unfused ops allocate.
+blocks per layer that the unfused ops allocate. For the same reason each backward here writes
+its result into a buffer it saved (the dropout noise, the ReLU output, Dice's sigmoid), which
+nothing needs after it, unless the graph is kept for another backward (``retain_graph`` or
+``create_graph``): then it allocates as autograd would.
 """
 from __future__ import annotations
 
@@ -16,12 +19,21 @@ import math
 import torch
 from fuxictr.pytorch.torch_utils import get_activation
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def xavier_normal_in_out_(weight: torch.Tensor, fan_in: int, fan_out: int) -> None:
     """nn.init.xavier_normal_ for a Linear(fan_in, fan_out), on a slice stored (in, out)."""
     with torch.no_grad():
         weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+
+
+def backward_may_reuse_saved() -> bool:
+    """True inside a backward after which the graph is freed (no ``retain_graph`` /
+    ``create_graph``), so a Function may write into its saved buffers. False when torch does not
+    say (a private query; an older or newer torch without it just allocates)."""
+    keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return keep_graph is not None and not keep_graph()
 
 
 def dropout_noise(like: torch.Tensor, p: float) -> torch.Tensor:
@@ -45,9 +57,13 @@ class _ReLUDropout(torch.autograd.Function):
         return x
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        grad_in = torch.ops.aten.threshold_backward(grad, y, 0)
+        if backward_may_reuse_saved():  # every consumer of y has run its backward
+            grad_in = y.sign_().mul_(grad)  # y >= 0, so sign is the 0/1 mask of y > 0
+        else:
+            grad_in = torch.ops.aten.threshold_backward(grad, y, 0)
         if ctx.p > 0:  # the float32 value the mask holds, so the gradient matches autograd's bitwise
             grad_in.mul_(y.new_ones(()).div_(1 - ctx.p))
         return grad_in, None
@@ -64,9 +80,10 @@ class _InplaceDropout(torch.autograd.Function):
         return x.mul_(noise)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (noise,) = ctx.saved_tensors
-        return grad * noise, None
+        return (noise.mul_(grad) if backward_may_reuse_saved() else grad * noise), None
 
 
 def relu_dropout_(x: torch.Tensor, p: float = 0.0) -> torch.Tensor:
@@ -126,6 +143,58 @@ class _AddTargetTerms(torch.autograd.Function):
         return grad, grad_row, grad_pos, None, None, None, None
 
 
+class _TargetProduct(torch.autograd.Function):
+    """z * t for every position of a (B, L) batch, with t[h, b, l] = t_row[h, b] + t_pos[h, l]:
+    z (H, B * L, d), t_row (H, B, d), t_pos (H, >= L, d) or None. Neither the broadcast t nor,
+    in backward, the product grad * z is ever a full tensor: the terms' gradients (sums of
+    grad * z over positions / rows) are reduced a block of rows at a time."""
+
+    @staticmethod
+    def forward(ctx, z, t_row, t_pos, seq_len: int, block_elements: int):
+        H, M, d = z.shape
+        zv = z.view(H, M // seq_len, seq_len, d)
+        out = zv * t_row.unsqueeze(2)
+        if t_pos is not None:
+            out.addcmul_(zv, t_pos[:, :seq_len].unsqueeze(1))
+        ctx.save_for_backward(z, t_row, t_pos)
+        ctx.sizes = (seq_len, block_elements)
+        return out.view(H, M, d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        z, t_row, t_pos = ctx.saved_tensors
+        seq_len, block_elements = ctx.sizes
+        H, M, d = z.shape
+        B = M // seq_len
+        gv, zv = grad.view(H, B, seq_len, d), z.view(H, B, seq_len, d)
+        grad_z = grad_row = grad_pos = None
+        if ctx.needs_input_grad[0]:
+            grad_z = gv * t_row.unsqueeze(2)
+            if t_pos is not None:
+                grad_z.addcmul_(gv, t_pos[:, :seq_len].unsqueeze(1))
+            grad_z = grad_z.view(H, M, d)
+        want_pos = t_pos is not None and ctx.needs_input_grad[2]
+        if ctx.needs_input_grad[1] or want_pos:
+            grad_row = t_row.new_empty(t_row.shape)
+            if want_pos:
+                grad_pos = t_pos.new_zeros(t_pos.shape)
+            rows = max(1, block_elements // max(1, H * seq_len * d))
+            for start in range(0, B, rows):
+                part = gv[:, start:start + rows] * zv[:, start:start + rows]
+                grad_row[:, start:start + rows] = part.sum(dim=2)
+                if want_pos:
+                    grad_pos[:, :seq_len] += part.sum(dim=1)
+        return grad_z, grad_row, grad_pos, None, None
+
+
+def target_product(z: torch.Tensor, t_row: torch.Tensor, t_pos: torch.Tensor | None, seq_len: int,
+                   block_elements: int = 1 << 22) -> torch.Tensor:
+    """``z * (t_row[:, b] + t_pos[:, l])`` at every position (b, l), as (H, B * L, d)
+    (:class:`_TargetProduct`)."""
+    return _TargetProduct.apply(z, t_row, t_pos, seq_len, block_elements)
+
+
 def add_target_terms_(pre: torch.Tensor, row_term: torch.Tensor, pos_term: torch.Tensor | None,
                       seq_len: int, rows: torch.Tensor | None = None, pos: torch.Tensor | None = None,
                       block: int = 4096) -> torch.Tensor:
@@ -135,6 +204,19 @@ def add_target_terms_(pre: torch.Tensor, row_term: torch.Tensor, pos_term: torch
     if pos_term is not None and pos_term.shape[1] < seq_len:
         raise ValueError(f"pos_term has {pos_term.shape[1]} positions for sequences of length {seq_len}")
     return _AddTargetTerms.apply(pre, row_term, pos_term, rows, pos, seq_len, block)
+
+
+def mean_of_product(a: torch.Tensor, b: torch.Tensor, block_elements: int = 1 << 22) -> torch.Tensor:
+    """(a * b).mean(dim=1, keepdim=True) for (H, N, U) tensors, a block of rows at a time, so the
+    product is never a full (H, N, U) tensor (each block stays under glibc's 32 MiB mmap limit
+    and its memory is reused)."""
+    H, N, U = a.shape
+    rows = max(1, block_elements // max(1, H * U))
+    total = a.new_zeros(H, 1, U)
+    for start in range(0, N, rows):
+        stop = min(start + rows, N)
+        total.add_((a[:, start:stop] * b[:, start:stop]).sum(dim=1, keepdim=True))
+    return total.div_(N)
 
 
 class _DiceFunction(torch.autograd.Function):
@@ -152,6 +234,7 @@ class _DiceFunction(torch.autograd.Function):
         return gate.mul_(x)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         x, alpha, p, shift, rstd = ctx.saved_tensors
         c = 1 - alpha
@@ -159,12 +242,13 @@ class _DiceFunction(torch.autograd.Function):
         u.addcmul_(u, p, value=-1)  # u * (1 - p), in place
         grad_alpha = u.sum(dim=1, keepdim=True)
         u.mul_(p)  # d loss / d xhat, divided by (1 - alpha)
-        dx = torch.addcmul(alpha, p, c).mul_(grad)  # through the gate's x factor
+        # through the gate's x factor; p is not needed after this
+        dx = torch.addcmul(alpha, p, c, out=p if backward_may_reuse_saved() else None).mul_(grad)
         if ctx.batch_stats:  # BatchNorm backward: the statistics depend on x
             # with xhat = x * rstd + shift, never materialised: mean(u * xhat) and
             # u - xhat * m2 - m1 written in terms of x
             m1 = u.mean(dim=1, keepdim=True)
-            m2 = (u * x).mean(dim=1, keepdim=True).mul_(rstd).add_(m1 * shift)
+            m2 = mean_of_product(u, x).mul_(rstd).add_(m1 * shift)
             u.addcmul_(x, rstd * m2, value=-1).sub_(shift * m2 + m1)
         dx.addcmul_(u, rstd * c)
         return dx, grad_alpha, None, None, None

@@ -101,3 +101,75 @@ def test_target_terms_are_added_in_place_with_the_gathered_formula(packed, with_
     want_grads = torch.autograd.grad((want * weights).sum(), params)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["ReLU", "Dice", "PReLU"])
+def test_backward_twice_with_retain_graph_gives_the_same_gradients(activation):
+    """The backwards write into their saved buffers only when the graph is freed after them: with
+    ``retain_graph`` each of two backwards gives the gradients of one plain backward."""
+    torch.manual_seed(4)
+    mlp = GroupedMLP(G, IN, UNITS, activation, 1, dropout_rate=0.3).train()
+    state = {k: v.clone() for k, v in mlp.state_dict().items()}
+    x = torch.randn(G, N, IN)
+    _, once = run(lambda m, v: m(v), mlp, x, seed=5)
+    mlp.load_state_dict(state)
+    mlp.zero_grad()
+    xr = x.clone().requires_grad_(True)
+    torch.manual_seed(5)
+    out = mlp(xr)
+    loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+    params = [xr, *mlp.parameters()]
+    first = torch.autograd.grad(loss, params, retain_graph=True)
+    second = torch.autograd.grad(loss, params)
+    for a, b, want in zip(first, second, once):
+        torch.testing.assert_close(a, want, rtol=0, atol=0)
+        torch.testing.assert_close(b, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("block_elements", [1, 7, 1 << 22])
+def test_mean_of_product_in_blocks_is_the_mean_of_the_product(block_elements):
+    from exfm_plugin.models.grouped_layers import mean_of_product
+
+    torch.manual_seed(6)
+    a, b = torch.randn(3, 101, 5, dtype=torch.float64), torch.randn(3, 101, 5, dtype=torch.float64)
+    torch.testing.assert_close(mean_of_product(a, b, block_elements), (a * b).mean(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("shape", [(5,), (3, 257, 16), (2, 3, 4, 5)])
+def test_dropout_noise_is_the_mask_f_dropout_draws(p, shape):
+    """Same seed, same mask: x * dropout_noise(x, p) equals F.dropout(x, p) bit for bit."""
+    from exfm_plugin.models.grouped_layers import dropout_noise
+
+    x = torch.randn(shape)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        noise = dropout_noise(x, p)
+        torch.manual_seed(seed)
+        want = F.dropout(x, p, training=True)
+        assert noise.dtype == x.dtype and noise.shape == x.shape
+        torch.testing.assert_close(x * noise, want, rtol=0, atol=0)
+        assert set(noise.unique().tolist()) <= {0.0, float(torch.tensor(1.0).div_(1 - p))}
+
+
+@pytest.mark.parametrize("with_pos", [True, False])
+@pytest.mark.parametrize("block_elements", [1, 50, 1 << 22])
+def test_target_product_is_z_times_the_broadcast_terms(with_pos, block_elements):
+    """z * (t_row[b] + t_pos[l]) at every (b, l), in value and in all three gradients, whatever
+    the block size of the backward's reductions."""
+    from exfm_plugin.models.grouped_layers import target_product
+
+    torch.manual_seed(8)
+    H, B, L, d = 2, 5, 4, 3
+    z = torch.randn(H, B * L, d, dtype=torch.float64, requires_grad=True)
+    t_row = torch.randn(H, B, d, dtype=torch.float64, requires_grad=True)
+    t_pos = torch.randn(H, L + 2, d, dtype=torch.float64, requires_grad=True) if with_pos else None
+    weights = torch.randn(H, B * L, d, dtype=torch.float64)
+    got = target_product(z, t_row, t_pos, L, block_elements)
+    t = t_row.unsqueeze(2) + (t_pos[:, :L].unsqueeze(1) if with_pos else 0)
+    want = (z.view(H, B, L, d) * t).view(H, B * L, d)
+    torch.testing.assert_close(got, want)
+    params = [p for p in (z, t_row, t_pos) if p is not None]
+    for g, w in zip(torch.autograd.grad((got * weights).sum(), params),
+                    torch.autograd.grad((want * weights).sum(), params)):
+        torch.testing.assert_close(g, w)
