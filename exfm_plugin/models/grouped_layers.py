@@ -9,8 +9,9 @@ arithmetic on it; fusing ReLU and dropout into the matmul's output (same values,
 random draws as ``nn.ReLU`` then ``nn.Dropout``, same gradient) removes three of the five
 blocks per layer that the unfused ops allocate. For the same reason each backward here writes
 its result into a buffer it saved (the dropout noise, the ReLU output, Dice's sigmoid), which
-nothing needs after it, unless the graph is kept for another backward (``retain_graph`` or
-``create_graph``): then it allocates as autograd would.
+nothing needs after it, unless the graph is kept for another backward (``retain_graph``): then
+it allocates as autograd would. Their backwards are once-differentiable (a gradient of their
+gradient raises torch's error; nothing in exfm asks for one).
 """
 from __future__ import annotations
 
