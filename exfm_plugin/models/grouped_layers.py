@@ -37,6 +37,15 @@ def backward_may_reuse_saved() -> bool:
     return keep_graph is not None and not keep_graph()
 
 
+def row_blocks(total: int, per_row: int, block_elements: int):
+    """Slices of ``range(total)`` (rows of ``per_row`` elements each) holding about
+    ``block_elements`` elements apiece, at least one row: the unit of work of the block-wise
+    loops here, whose temporaries stay small enough for glibc to reuse their memory."""
+    step = max(1, block_elements // max(1, per_row))
+    for start in range(0, total, step):
+        yield slice(start, min(start + step, total))
+
+
 def dropout_noise(like: torch.Tensor, p: float) -> torch.Tensor:
     """The mask ``F.dropout`` multiplies by on CPU: Bernoulli(1 - p) / (1 - p), drawn with the
     same call, so a seeded run draws the same mask as ``nn.Dropout``."""
@@ -118,12 +127,11 @@ class _AddTargetTerms(torch.autograd.Function):
             if pos_term is not None:
                 view.add_(pos_term[:, :seq_len].unsqueeze(1))
             return pre
-        for start in range(0, M, block):
-            stop = min(start + block, M)
-            part = pre[:, start:stop]
-            part.add_(row_term.index_select(1, rows[start:stop]))
+        for span in row_blocks(M, 1, block):
+            part = pre[:, span]
+            part.add_(row_term.index_select(1, rows[span]))
             if pos_term is not None:
-                part.add_(pos_term.index_select(1, pos[start:stop]))
+                part.add_(pos_term.index_select(1, pos[span]))
         return pre
 
     @staticmethod
@@ -180,10 +188,9 @@ class _TargetProduct(torch.autograd.Function):
             grad_row = t_row.new_empty(t_row.shape)
             if want_pos:
                 grad_pos = t_pos.new_zeros(t_pos.shape)
-            rows = max(1, block_elements // max(1, H * seq_len * d))
-            for start in range(0, B, rows):
-                part = gv[:, start:start + rows] * zv[:, start:start + rows]
-                grad_row[:, start:start + rows] = part.sum(dim=2)
+            for block in row_blocks(B, H * seq_len * d, block_elements):
+                part = gv[:, block] * zv[:, block]
+                grad_row[:, block] = part.sum(dim=2)
                 if want_pos:
                     grad_pos[:, :seq_len] += part.sum(dim=1)
         return grad_z, grad_row, grad_pos, None, None
@@ -212,11 +219,9 @@ def mean_of_product(a: torch.Tensor, b: torch.Tensor, block_elements: int = 1 <<
     product is never a full (H, N, U) tensor (each block stays under glibc's 32 MiB mmap limit
     and its memory is reused)."""
     H, N, U = a.shape
-    rows = max(1, block_elements // max(1, H * U))
     total = a.new_zeros(H, 1, U)
-    for start in range(0, N, rows):
-        stop = min(start + rows, N)
-        total.add_((a[:, start:stop] * b[:, start:stop]).sum(dim=1, keepdim=True))
+    for block in row_blocks(N, H * U, block_elements):
+        total.add_((a[:, block] * b[:, block]).sum(dim=1, keepdim=True))
     return total.div_(N)
 
 

@@ -19,14 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .grouped_layers import dropout_noise
-
-
-def _blocks(total: int, per_item: int, block_elements: int):
-    """Slices of ``range(total)`` holding about ``block_elements`` elements each."""
-    step = max(1, block_elements // max(1, per_item))
-    for start in range(0, total, step):
-        yield slice(start, min(start + step, total))
+from .grouped_layers import dropout_noise, row_blocks
 
 
 class _MaskedAttention(torch.autograd.Function):
@@ -45,7 +38,7 @@ class _MaskedAttention(torch.autograd.Function):
         probs.div_(probs.sum(dim=-1, keepdim=True))
         noise = dropout_noise(probs, p) if p > 0 else None
         out = q3.new_empty(B * H, L, hd)
-        for part in _blocks(B * H, L * L, block_elements):
+        for part in row_blocks(B * H, L * L, block_elements):
             weights = probs[part] if noise is None else probs[part] * noise[part]
             torch.bmm(weights, v3[part], out=out[part])
         ctx.save_for_backward(q3, k3, v3, probs, noise)
@@ -63,14 +56,14 @@ class _MaskedAttention(torch.autograd.Function):
         d_probs = torch.bmm(g3, v3.transpose(1, 2))  # d loss / d dropped weights
         if noise is not None:
             d_probs.mul_(noise)  # d loss / d weights before dropout
-        for part in _blocks(B_H, L * L, ctx.block_elements):
+        for part in row_blocks(B_H, L * L, ctx.block_elements):
             weights = probs[part] if noise is None else probs[part] * noise[part]
             torch.bmm(weights.transpose(1, 2), g3[part], out=grad_v[part])
             torch.sum(probs[part] * d_probs[part], dim=-1, keepdim=True, out=row_dot[part])
         d_logits = d_probs.sub_(row_dot).mul_(probs).mul_(ctx.scale)  # softmax backward, in place
         grad_q = torch.bmm(d_logits, k3)
         grad_k = torch.bmm(d_logits.transpose(1, 2), q3)
-        shape = (B_H // grad.shape[1], grad.shape[1], L, hd)
+        shape = grad.shape  # (B, H, L, hd)
         return grad_q.view(shape), grad_k.view(shape), grad_v.view(shape), None, None, None
 
 
