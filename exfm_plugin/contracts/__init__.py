@@ -26,6 +26,39 @@ METHODS = PAPER_METHODS + (ADAPTER_CONTROL,)
 VM_SCHEDULES = ("day", "stream")
 FM_TRAINING = ("stream", "epochs")
 
+# the streaming protocol's time splits (docs/method.md, Streaming protocol): days 1..N_DAYS; in
+# round r the FM trains on days 1..FIRST_TRAIN_DAY-1+r, the VM trains on day FIRST_TRAIN_DAY+r
+# and is tested on the day after; ROUNDS end at the last day
+N_DAYS = 8
+DAYS = tuple(range(1, N_DAYS + 1))
+FIRST_TRAIN_DAY = 5
+ROUNDS = tuple(range(N_DAYS - FIRST_TRAIN_DAY))
+
+
+def train_day(round_: int) -> int:
+    """The day a round's VM trains on (day 5+r; its FM has seen days 1..4+r)."""
+    return FIRST_TRAIN_DAY + round_
+
+
+def test_day(round_: int) -> int:
+    """The day a round's VM is tested on: the day after its training day (6+r)."""
+    return FIRST_TRAIN_DAY + 1 + round_
+
+
+def day_file_name(day: int) -> str:
+    """The file of one day's split in a prepared data folder (``day_<d>.h5``)."""
+    return f"day_{day}.h5"
+
+
+# the exported serving model (the bare VM's state_dict) every VM link of a run keeps
+SERVING_WEIGHTS = "serving_model.pt"
+
+# the two model roles of external distillation: the teacher (foundation model) and the student
+# (vertical model)
+ROLE_FM = "fm"
+ROLE_VM = "vm"
+ROLES = (ROLE_FM, ROLE_VM)
+
 # the FM supervision column of an augmented day file
 FM_PRED = "fm_pred"
 
