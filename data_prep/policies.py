@@ -34,6 +34,8 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import polars as pl
 
+from exfm_plugin.contracts import N_DAYS
+
 from .errors import DataFormatError
 from .readers.common import ReadResult
 
@@ -41,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: the largest share of out-of-window rows that is dropped rather than refused
 MAX_OUT_OF_WINDOW = 0.01
-N_DAYS = 8
 _BEIJING = timezone(timedelta(hours=8))
 TAOBAO_WINDOW = (date(2017, 5, 6), date(2017, 5, 14))  # [first day, day after the last), Beijing
 AMAZON_WINDOW = (date(1995, 1, 1), date(2015, 1, 1))   # UTC

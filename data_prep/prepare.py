@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from exfm_plugin.contracts import SIZES, SOURCES
+from exfm_plugin.contracts import SIZES, SOURCES, day_file_name
 from exfm_plugin.errors import InputError
 from exfm_plugin.fsutil import atomic_dir, atomic_file, sweep_stale_temps
 
@@ -260,7 +260,7 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
                      "split_method": split.method}
             if split.split_note:
                 attrs["split_note"] = split.split_note
-            write_day_file(tmp / f"day_{d}.h5", cols, dataset_id=dataset_id, day=d, time_range=tr, attrs=attrs)
+            write_day_file(tmp / day_file_name(d), cols, dataset_id=dataset_id, day=d, time_range=tr, attrs=attrs)
         summary = _summary(dataset, source, dataset_id, final, frame, result, split, policy_days, encoder,
                            domains, time_ranges, policy)
         summary.seconds = time.perf_counter() - start

@@ -32,13 +32,13 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
+from exfm_plugin.contracts import N_DAYS
 from exfm_plugin.fsutil import atomic_file
 
 from .readers.common import ReadResult
 
 logger = logging.getLogger(__name__)
 
-N_DAYS = 8
 BEIJING = timezone(timedelta(hours=8))
 TAOBAO_FIRST_DAY = date(2017, 5, 6)
 DOMAIN_COLUMN = "new_user_class_level"

@@ -21,12 +21,13 @@ import h5py
 import numpy as np
 import polars as pl
 
+from exfm_plugin.contracts import N_DAYS
+
 from .common import (EventIndex, calibrate_bias, child_rngs, ensure_dir, index_of, join_sequences, random_ids,
                      sample_within_groups, sigmoid, weighted_choice, write_csv, zipf_weights)
 
 TS0 = 761_000_000_000        # relative timestamps of KuaiVideo_x1 are about 7.6e11
 BUCKET = 86_400_000          # one synthetic "day" of the 8 time buckets, in the same unit
-N_DAYS = 8
 K = 16
 SEQ_LEN = 100
 COLS = ["timestamp", "user_id", "item_id", "is_click", "is_like", "is_follow", "pos_items", "neg_items"]

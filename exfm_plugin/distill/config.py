@@ -9,7 +9,7 @@ from typing import Annotated, Any, Mapping
 from pydantic import ConfigDict, Strict, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
-from ..contracts import ADAPTER_CONTROL, METHODS
+from ..contracts import ADAPTER_CONTROL, FM_PRED, METHODS
 from ..errors import check_choice
 
 ADAPTER_INPUTS = ("logit", "prob")
@@ -50,7 +50,7 @@ class DistillConfig:
     adapter_residual: Annotated[bool, Strict()] = True
     adapter_lr: StrictFloat = 1e-3
     adapter_eps: StrictFloat = 1e-6
-    fm_pred_column: Annotated[str, Strict()] = "fm_pred"
+    fm_pred_column: Annotated[str, Strict()] = FM_PRED
 
     @field_validator("method", "adapter_input")
     @classmethod
@@ -117,3 +117,6 @@ class DistillConfig:
             hint = "".join(f"; {k!r}: did you mean {v}?" for k, v in hints.items() if v)
             raise ValueError(f"unknown distillation option(s) {unknown}; known: {sorted(known)}{hint}")
         return cls(**dict(params))
+
+
+DISTILL_FIELDS = frozenset(f.name for f in fields(DistillConfig))  # every knob, for key checks elsewhere

@@ -20,16 +20,6 @@ def invalid_teacher_probs(p_teacher: torch.Tensor) -> torch.Tensor:
     return ~((p_teacher >= 0) & (p_teacher <= 1))  # NaN compares False both ways
 
 
-def check_teacher_probs(p_teacher: torch.Tensor, column: str) -> None:
-    """Refuse NaN or out-of-[0,1] FM predictions, naming the column, row and value."""
-    bad = invalid_teacher_probs(p_teacher)
-    if bool(bad.any()):
-        row = int(torch.nonzero(bad.reshape(-1))[0])
-        value = float(p_teacher.reshape(-1)[row])
-        raise ValueError(f"FM supervision column {column!r} must hold probabilities in [0, 1]; "
-                         f"row {row} of the batch has {value}")
-
-
 class TeacherProbCheck:
     """Validates the FM supervision of every training batch without a host sync per step.
 

@@ -25,8 +25,9 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StrictStr, ValidationError,
                       field_validator, model_validator)
 
-from ..contracts import BARS_DATASET_IDS, DATASETS, FM_TRAINING, METHODS, SIZES, SOURCES, VM_SCHEDULES
-from ..distill.config import DistillConfig
+from ..contracts import (BARS_DATASET_IDS, DATASETS, FM_TRAINING, METHODS, ROUNDS, SIZES, SOURCES, VM_SCHEDULES,
+                         test_day, train_day)
+from ..distill.config import DISTILL_FIELDS, DistillConfig
 from ..errors import ExfmInputError, check_choice
 from ..models import MODEL_REGISTRY
 from ..resources import resolve_grid
@@ -50,8 +51,8 @@ REAL_FILES = {
 
 CELL_KEYS = {"teacher", "student", "method", "label_scale", "grad_scale", "loss_weight",
              "fm_frozen_after_day", "vm_schedule"}
-DISTILL_KEYS = {"head_hidden_units", "head_activation", "adapter_hidden_units", "adapter_input",
-                "adapter_residual", "adapter_lr", "adapter_eps"}
+# DistillConfig's other knobs (heads, adapter); the FM column is the pipeline's, never a grid's
+DISTILL_KEYS = set(DISTILL_FIELDS) - CELL_KEYS - {"fm_pred_column"}
 
 
 class GridError(ExfmInputError):
@@ -89,11 +90,11 @@ class Cell:
 
     @property
     def train_day(self) -> int:
-        return 5 + self.round
+        return train_day(self.round)
 
     @property
     def test_day(self) -> int:
-        return 6 + self.round
+        return test_day(self.round)
 
     @property
     def train_days(self) -> list[int]:
@@ -246,7 +247,7 @@ class Grid(BaseModel):
     @field_validator("rounds")
     @classmethod
     def _rounds(cls, v):
-        return _check_choices("round", v, (0, 1, 2))
+        return _check_choices("round", v, ROUNDS)
 
     @field_validator("tuner_space")
     @classmethod

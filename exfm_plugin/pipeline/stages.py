@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from fuxictr.features import FeatureMap
 from tqdm import tqdm
 
 from ..config import build_model, load_experiment
-from ..contracts import fm_pred_column
+from ..contracts import DAYS, day_file_name, fm_pred_column
 from ..data import H5DataLoader, read_day_attrs, read_day_columns, write_day_file
 from ..data.dayfile import column_names, extra_attrs
 from ..metrics import binary_entropy, evaluate_metrics, logloss
@@ -75,7 +75,7 @@ class PreparedData:
     split_note: str | None
 
     def day_file(self, day: int) -> str:
-        return os.path.join(self.data_dir, f"day_{day}.h5")
+        return os.path.join(self.data_dir, day_file_name(day))
 
 
 def prep_stage(ctx: Context) -> PreparedData:
@@ -98,7 +98,7 @@ def prep_stage(ctx: Context) -> PreparedData:
     def run() -> PreparedData:
         key, path, meta = ctx.store.build("prep", spec, build)
         data_dir = str(path / meta["data_dir"])
-        note = read_day_attrs(os.path.join(data_dir, "day_1.h5")).get("split_note")
+        note = read_day_attrs(os.path.join(data_dir, day_file_name(DAYS[0]))).get("split_note")
         return PreparedData(key, data_dir, meta["dataset_id"], note or None)
 
     return ctx.memo(("prep",), run)
@@ -107,7 +107,7 @@ def prep_stage(ctx: Context) -> PreparedData:
 def domain_day_file(ctx: Context, prep: PreparedData, day: int, domain: str) -> str:
     """The rows of one TaobaoAd domain on one day, as a day file of their own (a VM's data)."""
     def build(tmp: Path) -> dict:
-        for d in range(1, 9):
+        for d in DAYS:
             attrs = read_day_attrs(prep.day_file(d))
             cols = read_day_columns(prep.day_file(d))
             for dom in np.unique(cols["domain"]):
@@ -373,7 +373,3 @@ def day_label_mean(path: str, label: str) -> float:
 
 def all_labels(prep: PreparedData) -> list[str]:
     return list(_feature_map_json(prep.data_dir)["labels"])
-
-
-def unique(items: Iterable) -> list:
-    return list(dict.fromkeys(items))

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..config import build_model
+from ..contracts import SERVING_WEIGHTS
 from ..data import H5DataLoader
 from ..distill import DistillConfig, ExFMStudent, export_serving_model
 from .grid import Cell, model_params
@@ -30,7 +31,7 @@ from .stages import (EVAL_BATCH, Context, PreparedData, bars_params, constant_me
                      training_options)
 
 STATE = "student.pt"
-SERVING = "serving_model.pt"
+SERVING = SERVING_WEIGHTS
 
 
 @dataclass(frozen=True)
