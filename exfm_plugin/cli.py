@@ -3,7 +3,7 @@
     exfm prep --dataset taobaoad|amazon|kuaivideo --source raw|bars|synthetic \\
               --input DIR --out DIR [--seed N] [--size tiny|small|medium|full]
     exfm das publish|run|status ...   (the Data Augmentation Service; see exfm_plugin/das/cli.py)
-    exfm run --grid GRID [--data-root DIR] [--device cpu|cuda:0] [--seeds N]
+    exfm run --grid GRID [--data-root DIR] [--device cpu|cuda:0 | --gpu N] [--seeds N]
     exfm report --records DIR|FILE ... --out DIR
     exfm grids                          (the shipped grids: exfm run --grid NAME)
     exfm export --records DIR --cell CELL_ID --out DIR   (a cell's student as a FuxiCTR model)
@@ -19,8 +19,12 @@ import traceback
 from typing import Sequence
 
 from .allocator import configure_allocator
+from .cli_parsing import ExfmArgumentParser, int_at_least, iter_parsers
 from .contracts import DATASETS, SIZES, SOURCES
 from .errors import EXIT_INPUT, format_input_error, is_input_error
+
+#: the exit status of a command stopped by Ctrl-C (the shell's 128 + SIGINT)
+EXIT_INTERRUPTED = 130
 
 
 def _add_prep(sub: argparse._SubParsersAction) -> None:
@@ -33,7 +37,7 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
                    help="directory with the dataset files (synthetic: where to write them; "
                         "default <out>/raw/<dataset>)")
     p.add_argument("--out", required=True, metavar="DIR", help="output root; files go to DIR/<dataset_id>/")
-    p.add_argument("--seed", type=int, default=0, help="seed of negative sampling / synthetic data")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed of negative sampling / synthetic data")
     p.add_argument("--size", default="tiny", choices=SIZES,
                    help="synthetic data size")
     p.add_argument("--vocab-days", default=None,
@@ -98,7 +102,8 @@ def _pop_verbose(argv: Sequence[str]) -> tuple[list[str], bool]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every built subcommand."""
-    parser = argparse.ArgumentParser(prog="exfm", description="ExFM for FuxiCTR: data, teachers, students.")
+    # every sub-parser inherits the class: no prefix matching, one-line errors (cli_parsing.py)
+    parser = ExfmArgumentParser(prog="exfm", description="ExFM for FuxiCTR: data, teachers, students.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (anywhere on the line)")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -112,13 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``exfm`` console script; returns the exit status."""
     argv, verbose = _pop_verbose(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # the subcommand's parser says it: "exfm run: unrecognized arguments: --gpu-p"
+        _reject_unknown(parser, args, extras)
     args.verbose = args.verbose or verbose
     configure_allocator()  # EXFM_MALLOC=retain: steps reuse freed memory (allocator.py)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, exit 130 (128 + SIGINT), no traceback
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"exfm {_command_name(args)}: {_interrupted_text(exc)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # bad input -> one line, exit 2; any other exception is a bug: traceback
         if not is_input_error(exc):
             raise
@@ -126,6 +139,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(format_input_error(_command_name(args), exc), file=sys.stderr)
         return EXIT_INPUT
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Exit 2 with one line from the innermost subcommand's parser; a prefix of its long flags
+    is named as such (prefixes are never accepted: cli_parsing.py)."""
+    path = tuple(p for p in (args.command, getattr(args, "das_command", None)) if p)
+    sub = dict(iter_parsers(parser)).get(path, parser)
+    flags = sorted(o for a in sub._actions for o in a.option_strings if o.startswith("--"))
+    hints = [f"{e} is not a flag (did you mean {' or '.join(m)}?)" for e in extras if e.startswith("--")
+             for m in [[f for f in flags if f.startswith(e.split("=")[0])]] if m]
+    sub.error(f"unrecognized arguments: {' '.join(extras)}" + (f"; {'; '.join(hints)}" if hints else ""))
+
+
+def _interrupted_text(exc: KeyboardInterrupt) -> str:
+    """What an interrupted command says: a run names how far it got (runner.RunInterrupted)."""
+    text = str(exc).strip()
+    return text if text else "interrupted; rerun the same command to resume (finished steps are kept)"
 
 
 def _command_name(args: argparse.Namespace) -> str:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ..cli_parsing import float_at_least, int_at_least
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,8 +15,11 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                    help="grid file(s) or shipped grid name(s) (exfm grids lists them)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="real dataset files (the grid's real_source format) instead of synthetic data")
-    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the grid)")
+    p.add_argument("--device", default=None, help="cpu or cuda:N (default cpu)")
+    p.add_argument("--gpu", type=int_at_least(-1), default=None, metavar="N",
+                   help="FuxiCTR's flag: the same as --device cuda:N; -1 = cpu")
+    p.add_argument("--seeds", type=int_at_least(1), default=None, metavar="N",
+                   help="number of seeds (overrides the grid)")
     p.add_argument("--size", default=None, help="synthetic data size: tiny|small|medium|full or impressions")
     p.add_argument("--vm-schedule", default=None, choices=["day", "stream"],
                    help="how VMs train (overrides the grid): 'day' = a fresh VM on day 5+r (the paper's "
@@ -28,16 +32,16 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="--engine ray: join this Ray cluster (e.g. HEAD_IP:6379 or 'auto'); default: start a "
                         "local Ray")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
                    help="--engine ray, local Ray: steps run at once (default: one per core / --cpus-per-step)")
-    p.add_argument("--cpus-per-step", type=float, default=1.0, metavar="N",
+    p.add_argument("--cpus-per-step", type=float_at_least(0, strict=True), default=1.0, metavar="N",
                    help="--engine ray: CPUs each step asks for (also its torch threads)")
-    p.add_argument("--gpus-per-step", type=float, default=0.0, metavar="N",
+    p.add_argument("--gpus-per-step", type=float_at_least(0), default=0.0, metavar="N",
                    help="--engine ray: GPUs each step asks for (0.5: two steps share a GPU); > 0 trains on the "
                         "GPU Ray assigns, so leave --device at cpu")
     p.add_argument("--work", default="work", metavar="DIR", help="artifact directory (reused across runs)")
     p.add_argument("--results", default="results", metavar="DIR", help="records directory")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
                    help="torch intra-op threads (default: torch's); small models on a few cores train "
                         "faster as several 1-thread runs of different grids than as one run on all cores")
     p.add_argument("--no-progress", action="store_true",
@@ -46,28 +50,35 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_run)
 
 
+def resolve_device(device: str | None, gpu: int | None) -> str:
+    """The device of ``--device`` / ``--gpu`` (FuxiCTR's ``gpu: N``, -1 = cpu); both given must agree."""
+    from .grid import GridError
+
+    from_gpu = None if gpu is None else ("cpu" if gpu < 0 else f"cuda:{gpu}")
+    if device is not None and from_gpu is not None and device != from_gpu:
+        raise GridError(f"--device {device} and --gpu {gpu} name different devices; give one of them")
+    return device or from_gpu or "cpu"
+
+
 def run_run(args: argparse.Namespace) -> int:
+    """CLI body of ``exfm run``; bad input raises GridError, which ``exfm_plugin.cli.main`` prints."""
     from .grid import GridError, load_grid
     from .runner import check_device, run_grid
 
-    try:  # every grid is validated, and the device checked, before any work starts
-        if args.threads is not None:
-            if args.threads < 1:
-                raise GridError(f"--threads {args.threads}: expected a whole number >= 1")
-            import torch
+    # every grid is validated, and the device checked, before any work starts
+    args.device = resolve_device(args.device, args.gpu)
+    if args.engine == "ray" and args.device != "cpu":
+        raise GridError(f"--device {args.device}: with --engine ray each step gets its GPU from Ray; "
+                        f"use --gpus-per-step instead")
+    if args.engine != "ray" and (args.address or args.workers):
+        raise GridError("--address and --workers are options of --engine ray")
+    check_device(args.device)
+    grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size,
+                       vm_schedule=args.vm_schedule) for path in args.grid]
+    if args.threads is not None:
+        import torch
 
-            torch.set_num_threads(args.threads)
-        if args.engine == "ray" and args.device != "cpu":
-            raise GridError(f"--device {args.device}: with --engine ray each step gets its GPU from Ray; "
-                            f"use --gpus-per-step instead")
-        if args.engine != "ray" and (args.address or args.workers):
-            raise GridError("--address and --workers are options of --engine ray")
-        check_device(args.device)
-        grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size,
-                           vm_schedule=args.vm_schedule) for path in args.grid]
-    except GridError as exc:
-        print(f"exfm run: {exc}", file=sys.stderr)
-        return 2
+        torch.set_num_threads(args.threads)
     status = 0
     for grid in grids:
         if args.engine == "ray":

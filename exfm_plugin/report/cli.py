@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..contracts.records import RecordError
@@ -29,15 +28,18 @@ def run_report(args: argparse.Namespace) -> int:
     from .build import build_report  # polars/scipy/matplotlib only when the command runs
     from .load import expand_paths
 
-    for path in args.records:  # an empty folder is a wrong path, not an empty report
+    # bad input raises RecordError, which exfm_plugin.cli.main prints as one line (exit 2)
+    for path in args.records:  # a missing path or an empty folder is a wrong path, not an empty report
+        if not Path(path).exists():
+            raise RecordError(f"no such records file or folder: {path}; expected the results directory of "
+                              "`exfm run` or a records .jsonl file")
         if Path(path).is_dir() and not expand_paths([path]):
             raise RecordError(f"no records in folder {path}: it holds no records.jsonl, *.jsonl or records/*.jsonl; "
                               "expected the results directory of `exfm run` or a records .jsonl file")
     try:
         paths = build_report(args.records, args.out, getattr(args, "reference", "benchmarks/reference"))
-    except (RecordError, FileNotFoundError) as e:
-        print(f"exfm report: {e}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as e:  # a records file or the --reference folder: one line, exit 2
+        raise RecordError(str(e)) from None
     print(f"wrote {paths.markdown}, {paths.leaderboard_csv}, {paths.records_csv}")
     for name in sorted(paths.figures):
         print(f"wrote {paths.figures[name]}")

@@ -327,6 +327,14 @@ CASES = [
     ("grid-empty-file", "run", grid(text=""), ["grid.yaml"]),
     ("grid-file-missing", "run", lambda c: ["run", "--grid", c.tmp / "nope.yaml"], ["nope.yaml"]),
     ("grid-threads-0", "run", grid(None, "--threads", "0"), ["--threads", ">= 1"]),
+    # ---------------------------------------------------------------- run: flags (issue 24)
+    ("grid-cli-seeds-0", "run", grid(None, "--seeds", "0"), ["--seeds must be >= 1", "'0'"]),
+    ("grid-cli-threads-word", "run", grid(None, "--threads", "two"), ["--threads", "whole number", "'two'"]),
+    ("grid-cli-cpus-per-step-0", "run", grid(None, "--cpus-per-step", "0"), ["--cpus-per-step", "> 0"]),
+    ("grid-cli-gpu-below-minus-1", "run", grid(None, "--gpu", "-2"), ["--gpu", ">= -1"]),
+    ("grid-cli-gpu-and-device-differ", "run", grid(None, "--gpu", "-1", "--device", "cuda:0"), ["--device", "--gpu"]),
+    ("grid-cli-flag-prefix-refused", "run", grid(None, "--gpus", "0"), ["unrecognized", "--gpus", "--gpus-per-step"]),
+    ("grid-cli-unknown-flag", "run", grid(None, "--epochs", "3"), ["unrecognized", "--epochs"]),
     ("grid-rounds-5", "run", grid(lambda t: t.replace("rounds: [0]", "rounds: [5]")), ["grid.yaml", "5"]),
     ("run-data-root-bad-label", "run", data_root_bad_label, ["raw_sample.csv", "'clk'", "expected 0 or 1"]),
     # ---------------------------------------------------------------- das publish / run
@@ -351,6 +359,7 @@ CASES = [
     # ---------------------------------------------------------------- report
     ("report-empty-folder", "report", report(_empty_dir), ["no records", "empty", "expected"]),
     ("report-records-missing", "report", report(lambda t: t / "none.jsonl"), ["none.jsonl"]),
+    ("report-folder-missing", "report", report(lambda t: t / "no_results"), ["no such", "no_results", "expected"]),
     ("report-bad-json-line", "report", report(_records('{"a": 1}\n{oops\n')), ["recs.jsonl", "2", "json"]),
     ("report-record-wrong-schema", "report", report(_records('{"kind": "vm"}\n')), ["recs.jsonl", "1"]),
 ]
