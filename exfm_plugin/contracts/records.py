@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from . import METHODS, VM_SCHEDULES
 
 RECORD_VERSION = 2
-EMBEDDING_UPDATES = ("dense", "sparse")
+EMBEDDING_UPDATES = ("dense", "sparse", "exact")
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0, allow_inf_nan=False)]

@@ -110,7 +110,7 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
                                                every=1 if self.device.type == "cpu" else 100)
         self._max_gradient_norm = 10.0  # fuxictr sets it in fit(); train_step may run without
         vm_opt = getattr(vm, "optimizer", None)
-        default_opt = "Adam" if vm_opt is None or self.embedding_update == "sparse" else type(vm_opt).__name__
+        default_opt = "Adam" if vm_opt is None or self.embedding_update != "dense" else type(vm_opt).__name__
         self.compile(optimizer or default_opt,
                      learning_rate or (vm_opt.param_groups[0]["lr"] if vm_opt else 1e-3))
         self.to(self.device)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import InputError, check_choice
 
-EMBEDDING_UPDATES = ("dense", "sparse")
+EMBEDDING_UPDATES = ("dense", "sparse", "exact")
 
 
 def feature_embedding_tables(model: nn.Module) -> list[nn.Embedding]:
@@ -175,8 +175,13 @@ def bag_items(ids: torch.Tensor, padding_idx: int | None) -> tuple[torch.Tensor,
     return flat.index_select(0, positions), offsets, positions
 
 
-def _note_rows(table: nn.Embedding, rows: torch.Tensor) -> None:
-    if table.record_rows:
+def _note_rows(table: nn.Embedding, rows: torch.Tensor | None) -> None:
+    """Keep a training lookup's rows (regulariser) and, in ``exact`` mode, bring the rows about
+    to be read up to date first (``rows`` None: every row, for a lookup outside training)."""
+    hook = getattr(table, "catch_up_rows", None)
+    if hook is not None:
+        hook(rows)
+    if rows is not None and table.record_rows:
         table.touched_rows.append(rows if table.padding_idx is None else rows[rows != table.padding_idx])
 
 
@@ -187,6 +192,8 @@ def bag_sum(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     the padding row gets no gradient in either mode. Off the CPU the dense lookup keeps the 2-D
     form: finding the non-padding ids (``nonzero``) would cost a host sync there."""
     sparse = getattr(table, "sparse", False) and torch.is_grad_enabled() and hasattr(table, "touched_rows")
+    if not sparse and hasattr(table, "touched_rows"):
+        _note_rows(table, None)
     if not sparse and ids.device.type != "cpu":
         return F.embedding_bag(ids, table.weight, mode="sum", padding_idx=table.padding_idx)
     items, offsets, positions = bag_items(ids, table.padding_idx)
@@ -203,6 +210,7 @@ def row_sparse_forward(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     those rows are kept in ``table.touched_rows`` (when ``table.record_rows``) for the
     regulariser of the touched rows."""
     if not torch.is_grad_enabled():
+        _note_rows(table, None)
         return F.embedding(ids, table.weight, table.padding_idx)
     flat = ids.reshape(-1)
     rows, inverse = distinct_rows(flat, table.num_embeddings)
@@ -306,17 +314,21 @@ def check_learning_rate(lr: object) -> None:
 
 def build_optimizer(optimizer: str | type, params: Iterable[nn.Parameter], lr: float,
                     embedding_update: str) -> torch.optim.Optimizer:
-    """fuxictr's ``get_optimizer`` for ``dense``; :class:`LazyAdam` for ``sparse``, which
-    only has an Adam form, so any other optimizer name is an error."""
+    """fuxictr's ``get_optimizer`` for ``dense``; :class:`LazyAdam` for ``sparse`` and
+    :class:`~exfm_plugin.models.exact_adam.ExactAdam` for ``exact``, which only have an Adam
+    form, so any other optimizer name is an error."""
     check_choice("embedding_update", embedding_update, EMBEDDING_UPDATES)
     check_learning_rate(lr)
     if embedding_update == "dense":
         from fuxictr.pytorch.torch_utils import get_optimizer
         return get_optimizer(optimizer, params, lr)
     name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", str(optimizer))
-    if name.lower() not in ("adam", "lazyadam"):
-        raise ValueError(f"embedding_update='sparse' updates embeddings with lazy Adam and needs "
-                         f"optimizer 'adam', got optimizer={optimizer!r}")
+    if name.lower() not in ("adam", "lazyadam", "exactadam"):
+        raise ValueError(f"embedding_update={embedding_update!r} updates embeddings with a row-sparse "
+                         f"Adam and needs optimizer 'adam', got optimizer={optimizer!r}")
+    if embedding_update == "exact":
+        from .exact_adam import ExactAdam  # it builds on LazyAdam
+        return ExactAdam(params, lr=lr)
     return LazyAdam(params, lr=lr)
 
 

@@ -7,6 +7,11 @@ reach them): ``embedding_update``, ``precision``, ``torch_compile``.
   then applied to the rows the batch touched, each touched row once per step (the padding row
   excluded): ``sum_p lambda_p / p * ||W[rows]||_p^p``, where the dense mode sums over the whole
   table. When a batch touches every row the two are the same loss.
+- ``embedding_update: exact``: the same row-sparse gradients, updated by :class:`ExactAdam`, which
+  replays the steps dense Adam gives a row without gradient when the row is next touched, so the
+  weights are dense Adam's (:mod:`exfm_plugin.models.exact_adam`); the model brings every row up
+  to date on ``eval()`` / ``train(False)``, ``state_dict()`` and copies. The embedding regulariser
+  covers the touched rows, as with ``sparse`` (the one part that is not dense Adam's).
 - ``precision: fp32 | bf16`` (default ``fp32``): ``bf16`` runs the training forward and loss
   under ``torch.autocast(dtype=bfloat16)``; parameters, gradients and the optimizer stay fp32.
 - ``torch_compile: bool`` (default ``False``): the training forward goes through
@@ -18,6 +23,8 @@ these options: put it first among the bases, e.g. ``class M(TrainingOptionsMixin
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import weakref
 from typing import Callable
 
@@ -27,8 +34,11 @@ from fuxictr.pytorch.torch_utils import get_regularizer
 from torch import nn
 
 from ..errors import check_choice
+from .exact_adam import catch_up_parameters, catch_up_rows
 from .sparse_optim import (EMBEDDING_UPDATES, build_optimizer, check_learning_rate, clip_grad_norm_,
                            enable_sparse_embeddings, touched_rows_penalty, union_rows)
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
 TRAINING_OPTIONS = ("embedding_update", "precision", "torch_compile")
@@ -42,8 +52,8 @@ def validate_training_options(embedding_update: str, precision: str, torch_compi
     check_choice("precision", precision, PRECISIONS)
     if not isinstance(torch_compile, bool):
         raise ValueError(f"torch_compile={torch_compile!r} must be true or false")
-    if torch_compile and embedding_update == "sparse":
-        raise ValueError("torch_compile=True does not support embedding_update='sparse' "
+    if torch_compile and embedding_update != "dense":
+        raise ValueError(f"torch_compile=True does not support embedding_update={embedding_update!r} "
                          "(torch.compile cannot trace row-sparse embedding gradients)")
 
 
@@ -86,15 +96,40 @@ class TrainingOptionsMixin:
         optimizer is :class:`LazyAdam`. Call it once every layer exists (as fuxictr models do)."""
         check_learning_rate(lr)
         super().compile(optimizer, loss, lr)
-        if self.embedding_update == "sparse":
+        if self.embedding_update != "dense":
             self._sparse_tables = enable_sparse_embeddings(self, record_rows=bool(self._embedding_regularizer))
-            self.optimizer = build_optimizer(optimizer, self.parameters(), lr, "sparse")
+            self.optimizer = build_optimizer(optimizer, self.parameters(), lr, self.embedding_update)
+        if self.embedding_update == "exact":
+            for table in self._sparse_tables:  # the rows a lookup reads are caught up first
+                table.catch_up_rows = functools.partial(catch_up_rows, table.weight)
+            if self._embedding_regularizer:
+                logger.info("embedding_update='exact' applies embedding_regularizer=%r to the rows each "
+                            "batch touches: the one part that is not dense Adam's", self._embedding_regularizer)
+
+    # ---- exact mode: every row up to date before the weights are read -----------------------
+    def catch_up(self) -> None:
+        """With ``exact``, apply every embedding row's skipped Adam steps (a no-op otherwise)."""
+        if self.embedding_update == "exact":
+            catch_up_parameters(self.parameters())
+
+    def train(self, mode: bool = True):
+        if not mode:
+            self.catch_up()
+        return super().train(mode)
+
+    def state_dict(self, *args, **kwargs):
+        self.catch_up()
+        return super().state_dict(*args, **kwargs)
+
+    def __getstate__(self):
+        self.catch_up()  # deepcopy / pickle (export_serving_model copies the VM)
+        return super().__getstate__()
 
     # ---- regularisation -----------------------------------------------------------------
     def regularization_loss(self):
         """fuxictr's regularisation; with ``sparse`` the embedding term covers the rows the
         batch touched (each once) instead of the whole table, so its gradient stays row-sparse."""
-        if self.embedding_update != "sparse":
+        if self.embedding_update == "dense":
             return super().regularization_loss()
         touched = {}
         for table in self._sparse_tables:  # the distinct ids of this step's lookups (row_sparse_forward)
