@@ -11,6 +11,13 @@ Two sources:
   sharing the positive's history and time. An item's category is the last category of its
   first category path (``categories[0][-1]``; the newer dumps' flat ``category`` list is
   accepted, last element).
+
+  The data policies (:mod:`data_prep.policies`) apply to the reviews before any sample is
+  built, so a review used only as history is checked like one used as a target: reviews dated
+  outside 1995-01-01 .. 2015-01-01 UTC are dropped and counted (more than 1% refuses the file),
+  and a review line repeating an earlier one's reviewer, item and time is a copy, dropped and
+  counted. A metadata dump that covers fewer than ``MIN_META_COVERAGE`` of the reviewed items is
+  the wrong file and refused; partial coverage above that is counted in the notes.
 - ``bars``: BARS ``AmazonElectronics_x1`` ``train.csv`` / ``test.csv`` (no timestamp: ``time``
   is the row's position, train rows first).
 """
@@ -27,6 +34,8 @@ import numpy as np
 import polars as pl
 
 from ..errors import DataFormatError
+from ..policies import amazon_window, drop_exact_duplicates, drop_out_of_window
+from .archives import check_container
 from .common import CsvTable, ReadResult, check_not_empty, collect_checked, find_file, open_text, require_file
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,14 @@ LABELS = ["label"]
 REVIEW_FIELDS = {"reviewerID": pl.String, "asin": pl.String, "unixReviewTime": pl.Int64}
 BARS_COLS = {"label": "label", "user_id": "int", "item_id": "int", "cate_id": "int",
              "item_history": "seq_int", "cate_history": "seq_int"}
+#: the names each raw dump is found under (each also gzipped: ``find_file``)
+REVIEW_NAMES = ("reviews_Electronics_5.json", "reviews_Electronics.json")
+META_NAMES = ("meta_Electronics.json",)
+#: the smallest share of the reviewed items the metadata dump must cover: below it the dump is
+#: another category's (or another dump's) and every category would be missing
+MIN_META_COVERAGE = 0.5
+#: a review's identity: the same reviewer, item and second twice is a copied line
+REVIEW_KEY = ["user_id", "item_id", "time"]
 COLUMNS = ["time", "user_id", "item_id", "cate_id", "item_history", "cate_history", "label"]
 
 
@@ -219,25 +236,65 @@ def _negatives(pos: pl.DataFrame, rev: pl.DataFrame, meta: pl.DataFrame, seed: i
 def read_raw(input_dir: str | Path, *, seed: int = 0, max_len: int = MAX_LEN) -> ReadResult:
     """Read the raw review and metadata dumps of ``input_dir`` into DIN-style samples."""
     d = Path(input_dir)
-    reviews_path = find_file(d, ["reviews_Electronics_5.json", "reviews_Electronics_5.json.gz",
-                                 "reviews_Electronics.json", "reviews_Electronics.json.gz"], "review dump")
-    meta_path = find_file(d, ["meta_Electronics.json", "meta_Electronics.json.gz"], "metadata dump")
-    reviews = read_reviews(reviews_path)
+    reviews_path = find_file(d, REVIEW_NAMES, "review dump")
+    meta_path = find_file(d, META_NAMES, "metadata dump")
+    check_container(reviews_path, "review dump")
+    check_container(meta_path, "metadata dump")
+    reviews, counts, notes = clean_reviews(read_reviews(reviews_path), reviews_path)
     meta = read_meta(meta_path)
+    notes += check_meta_coverage(reviews, meta, meta_path, counts)
     frame, dropped = din_samples(reviews, meta, seed=seed, max_len=max_len)
     if frame.height == 0:
         raise DataFormatError("no user has two reviews: no DIN sample can be built", path=reviews_path,
                               expected="users with at least 2 reviews")
-    notes = [f"DIN samples: history = earlier items (max {max_len}), most recent last; "
-             f"one negative per positive (seed {seed})"]
+    notes.insert(0, f"DIN samples: history = earlier items (max {max_len}), most recent last; "
+                    f"one negative per positive (seed {seed})")
     if dropped:
         notes.append(f"{dropped} positives got no negative (user reviewed every item)")
-    missing = frame["cate_id"].null_count()
-    if missing:
-        logger.info("%d samples have an item without metadata (category left missing)", missing)
+    counts["positives_without_negative"] = dropped
+    for note in notes[1:]:
+        logger.warning(note)
     return ReadResult(dataset=DATASET, source="raw", frame=frame, time_kind="unix_seconds",
                       labels=list(LABELS), features=feature_specs(max_len), min_categr_count=MIN_CATEGR_COUNT,
-                      files={"reviews": str(reviews_path), "meta": str(meta_path)}, notes=notes)
+                      files={"reviews": str(reviews_path), "meta": str(meta_path)}, notes=notes, counts=counts)
+
+
+def clean_reviews(reviews: pl.DataFrame, path: Path) -> tuple[pl.DataFrame, dict[str, int], list[str]]:
+    """The data policies on the reviews themselves, before they become samples or history:
+    reviews outside the time window dropped (more than 1% refused), copied review lines dropped."""
+    n = reviews.height
+    lo, hi, text = amazon_window()
+    kept, outside = drop_out_of_window(reviews.rename({"time": "unixReviewTime"}), "unixReviewTime", lo, hi, text,
+                                       path=path, dataset=DATASET, what="reviews",
+                                       label="a review time ('time' = unixReviewTime)")
+    kept, copies = drop_exact_duplicates(kept.rename({"unixReviewTime": "time"}), REVIEW_KEY)
+    notes = []
+    if outside:
+        notes.append(f"time window: dropped {outside} of {n} reviews dated outside {text} "
+                     "(as targets and as history)")
+    if copies:
+        notes.append(f"duplicates: dropped {copies} review lines repeating an earlier review's reviewer, "
+                     "item and time (a copied line)")
+    return kept, {"reviews_read": n, "reviews_out_of_window": outside, "review_duplicates_dropped": copies}, notes
+
+
+def check_meta_coverage(reviews: pl.DataFrame, meta: pl.DataFrame, meta_path: Path,
+                        counts: dict[str, int]) -> list[str]:
+    """Refuse a metadata dump that covers under ``MIN_META_COVERAGE`` of the reviewed items
+    (another category's dump: every category would be missing); note a partial one."""
+    items = reviews["item_id"].unique()
+    covered = int(items.is_in(meta["item_id"].implode()).sum())
+    n = items.len()
+    counts.update(reviewed_items=n, reviewed_items_with_meta=covered)
+    if covered < MIN_META_COVERAGE * n:
+        raise DataFormatError(f"only {covered} of the {n} reviewed items ({covered / n:.1%}) have a line in the "
+                              "metadata dump: wrong file?", path=meta_path, column="asin",
+                              expected=f"metadata (asin, categories) for at least {MIN_META_COVERAGE:.0%} of the "
+                                       "reviewed items: the meta dump of the reviews' category")
+    if covered == n:
+        return []
+    return [f"metadata: {n - covered} of {n} reviewed items ({(n - covered) / n:.1%}) have no line in "
+            f"{meta_path.name}: their category is missing (encoded as OOV)"]
 
 
 # ---------------------------------------------------------------------------------- BARS

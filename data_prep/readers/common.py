@@ -15,7 +15,8 @@ Parsing is strict on the fast path (polars raises on the first bad cell). When t
 so the happy path pays nothing for the good error messages.
 
 Every file may also come gzipped (``train.csv.gz``): :func:`find_file` looks for both
-spellings and polars decompresses while it scans. A file too large for memory (the 23 GB
+spellings and polars decompresses while it scans. A name ending in ``.tar.gz`` / ``.tar``
+(Tianchi's archives) is streamed from the archive (:mod:`.archives`), block by block. A file too large for memory (the 23 GB
 TaobaoAd behaviour log) is parsed block by block with :meth:`CsvTable.iter_frames`.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequenc
 import polars as pl
 
 from ..errors import DataFormatError
+from .archives import ArchiveMember, check_container, is_tar_name
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ NULL_TOKENS = ["", "NULL", "null", "Null", "NaN", "nan", "None", "none", "\\N"]
 SEQ_SEP = "^"
 _INT_AS_FLOAT = r"^([+-]?\d+)\.0*$"
 _SEQ_TOKEN = r"^([^,|;\s]+)$"
+
+#: CSV bytes parsed at a time when a table is read from a tar archive
+ARCHIVE_BLOCK_BYTES = 32 << 20
 
 #: What each column kind accepts, as said in error messages.
 KIND_EXPECTED = {
@@ -91,14 +96,19 @@ def find_file(input_dir: str | Path, names: Sequence[str], what: str, *, require
 
 
 def open_binary(path: Path) -> BinaryIO:
-    """Open a file for reading bytes, transparently gunzipping ``.gz`` (streamed, never whole)."""
+    """Open a file for reading bytes, transparently gunzipping ``.gz`` and taking the CSV out of a
+    ``.tar(.gz)`` archive (streamed, never whole)."""
+    if is_tar_name(path):
+        return ArchiveMember(path)  # type: ignore[return-value]
     if Path(path).suffix == ".gz":
         return gzip.open(path, "rb")
     return open(path, "rb")
 
 
 def open_text(path: Path) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping ``.gz``."""
+    """Open a text file, transparently gunzipping ``.gz`` (and un-tarring ``.tar(.gz)``)."""
+    if is_tar_name(path):
+        return io.TextIOWrapper(ArchiveMember(path), encoding="utf-8")  # type: ignore[arg-type]
     if Path(path).suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
     return open(path, encoding="utf-8", newline="")
@@ -253,10 +263,31 @@ class CsvTable:
              optional: Iterable[str] = ()) -> "CsvTable":
         """Check the file and its header now (cheap), so a bad header fails before any work."""
         path = require_file(path)
+        check_container(path)
         header = read_header(path)
         rename = resolve_columns(path, header, list(kinds), aliases, optional)
         present = set(rename.values())
         return cls(path, {c: k for c, k in kinds.items() if c in present}, rename)
+
+    @property
+    def archive(self) -> bool:
+        """True when the CSV is read out of a tar archive (polars cannot scan those itself)."""
+        return is_tar_name(self.path)
+
+    def _blocks(self) -> Iterator[bytes]:
+        """The archive's CSV in blocks of whole lines (header first); the header alone if no rows."""
+        empty = True
+        for block in iter_csv_blocks(self.path, ARCHIVE_BLOCK_BYTES):
+            empty = False
+            yield block
+        if empty:
+            with contextlib.closing(iter_lines(self.path)) as lines:
+                yield next(lines, "").encode("utf-8")
+
+    def _scan_archive(self) -> pl.LazyFrame:
+        # block by block: memory holds the parsed rows and one block, never the whole CSV text
+        frames = [self.scan(block).collect() for block in self._blocks()]
+        return pl.concat(frames, how="vertical").lazy()
 
     #: ``scan()`` mode: True = let the CSV parser type the numeric columns (fast, fails on
     #: quirks such as "123.0" or padded cells); False = every cell as text, parsed by
@@ -294,6 +325,8 @@ class CsvTable:
         ``block``: parse these CSV bytes (header line first, see :func:`iter_csv_blocks`)
         instead of the whole file, with the same rules.
         """
+        if block is None and self.archive:
+            return self._scan_archive()
         if self.fast:
             return self._scan_typed(block)
         return self._scan_text(block).select([parse_expr(c, k) for c, k in self.kinds.items()])
@@ -308,13 +341,17 @@ class CsvTable:
         """Find the first bad cell of this file and raise DataFormatError for it (no-op if none)."""
         self._check_field_counts()
         try:
-            lf = self._scan_text().with_row_index("__row", offset=1)
-            for col, kind in self.kinds.items():
-                hit = lf.filter(_bad_cell(col, kind)).select("__row", col).head(1).collect()
-                if hit.height:
-                    row, value = hit.row(0)
-                    raise DataFormatError("bad value", path=self.path, column=col, row=int(row),
-                                          value=value, expected=KIND_EXPECTED[kind])
+            offset = 0
+            for block in (self._blocks() if self.archive else [None]):
+                lf = self._scan_text(block).with_row_index("__row", offset=offset + 1)
+                for col, kind in self.kinds.items():
+                    hit = lf.filter(_bad_cell(col, kind)).select("__row", col).head(1).collect()
+                    if hit.height:
+                        row, value = hit.row(0)
+                        raise DataFormatError("bad value", path=self.path, column=col, row=int(row),
+                                              value=value, expected=KIND_EXPECTED[kind])
+                if block is not None:
+                    offset += lf.select(pl.len()).collect().item()
         except DataFormatError:
             raise
         except (pl.exceptions.PolarsError, OSError) as e:
@@ -407,6 +444,8 @@ class ReadResult:
     min_categr_count: int
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: what the reader dropped or found by the data policies, by name (e.g. ``reviews_out_of_window``)
+    counts: dict[str, int] = field(default_factory=dict)
     add_sequences: Callable[[pl.DataFrame], pl.DataFrame] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

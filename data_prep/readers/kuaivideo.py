@@ -6,6 +6,11 @@ is_follow, pos_items, neg_items``; sequences ``^``-joined) and ``item_visual_emb
 relative (order is known, calendar days are not), so ``time_kind`` is ``"relative"``.
 Rows are put in timestamp order (ties keep file order, train before test). The CSV files may
 be gzipped (``train.csv.gz``, ``test.csv.gz``).
+
+A relative clock starts at 0: rows with a negative timestamp are dropped and counted, and more
+than 1% of them refuses the input (the time policy of :mod:`data_prep.policies`). Exact
+duplicate rows are counted by the duplicate policy (kept, or dropped with ``--drop-duplicates``),
+as for TaobaoAd's impressions.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import DataFormatError
+from ..policies import drop_out_of_window
 from .common import CsvTable, ReadResult, check_not_empty, collect_checked, find_file
 
 logger = logging.getLogger(__name__)
@@ -29,6 +35,8 @@ LABELS = ["is_click", "is_like", "is_follow"]
 EMB_FILE = "item_visual_emb_dim64.h5"
 CSV_COLS = {"timestamp": "int", "user_id": "int", "item_id": "int", "is_click": "label", "is_like": "label",
             "is_follow": "label", "pos_items": "seq_int", "neg_items": "seq_int"}
+#: the only documented range of the relative timestamps
+TIME_RANGE = "0 .. (no end): a relative timestamp is never negative"
 ALIASES = {"timestamp": ["time_stamp", "time"]}
 
 
@@ -97,8 +105,19 @@ def read_bars(input_dir: str | Path, *, max_len: int = MAX_LEN) -> ReadResult:
     check_not_empty(frame, train)
     if frame["time"].null_count():
         raise DataFormatError("missing timestamp", path=train, column="timestamp", expected="an integer on every row")
+    n = frame.height
+    negative = frame.filter(pl.col("time") < 0)
+    where = tables[int(negative["part"][0])].path if negative.height else train
+    frame, dropped = drop_out_of_window(frame.rename({"time": "timestamp"}), "timestamp", 0, None, TIME_RANGE,
+                                        path=where, dataset=DATASET, unit="relative timestamps")
+    frame = frame.rename({"timestamp": "time"})
+    notes = []
+    if dropped:
+        notes.append(f"time window: dropped {dropped} of {n} rows with a negative timestamp (relative clock)")
+        logger.warning(notes[-1])
     logger.info("KuaiVideo: %d rows, %d item embeddings of dim %d", frame.height, n_emb, dim)
     files = {"train": str(train), "item_emb": str(emb), **({"test": str(test)} if test else {})}
     return ReadResult(dataset=DATASET, source="bars", frame=frame, time_kind="relative", labels=list(LABELS),
                       features=feature_specs(str(emb), dim, max_len), min_categr_count=MIN_CATEGR_COUNT,
-                      files=files, extra={"pretrained_emb": {"item_emb": str(emb)}})
+                      files=files, extra={"pretrained_emb": {"item_emb": str(emb)}}, notes=notes,
+                      counts={"rows_out_of_window": dropped})

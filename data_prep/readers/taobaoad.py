@@ -14,7 +14,9 @@ Two sources:
 - ``bars``: BARS ``TaobaoAd_x1`` ``train.csv`` / ``test.csv`` (sequences ``^``-joined, no
   timestamp: ``time`` is the row's position, train rows first).
 
-Every file may be gzipped (``raw_sample.csv.gz``, ``train.csv.gz``, ...).
+Every file may be gzipped (``raw_sample.csv.gz``, ``train.csv.gz``, ...), and the raw files
+may be Tianchi's archives as shipped (``raw_sample.csv.tar.gz``: a tar archive holding the csv),
+streamed without extracting them (:mod:`.archives`).
 
 The raw impression has no behaviour type of its own, while BARS carries a ``btag`` column
 that shares its embedding with ``btag_his``; the raw reader sets it to the constant token
@@ -48,6 +50,13 @@ SEQUENCES = {"cate_his": "cate_id", "brand_his": "brand", "btag_his": "btag"}
 ALIASES = {"nonclk": ["noclk", "no_clk", "non_clk"], "customer": ["customer_id"],
            "userid": ["user_id"], "time_stamp": ["timestamp"]}
 
+#: the names each raw file is found under (each also gzipped: ``find_file``); Tianchi ships the
+#: ``.csv.tar.gz`` spelling
+RAW_NAMES = {"raw_sample": ("raw_sample.csv", "raw_sample.csv.tar"),
+             "ad_feature": ("ad_feature.csv", "ad_feature.csv.tar"),
+             "user_profile": ("user_profile.csv", "user_profile.csv.tar"),
+             "behavior_log": ("behavior_log.csv", "behavior_log.csv.tar")}
+
 RAW_SAMPLE = {"user": "int", "time_stamp": "int", "adgroup_id": "int", "pid": "str",
               "nonclk": "label", "clk": "label"}
 AD_FEATURE = {"adgroup_id": "int", "cate_id": "int", "campaign_id": "int", "customer": "int",
@@ -75,14 +84,14 @@ def feature_specs(max_len: int = MAX_LEN) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------- raw
 def _raw_tables(input_dir: str | Path) -> dict[str, CsvTable | None]:
     d = Path(input_dir)
-    behavior = find_file(d, ["behavior_log.csv"], "behaviour log", required=False)
+    behavior = find_file(d, RAW_NAMES["behavior_log"], "behaviour log", required=False)
     return {
-        "raw_sample": CsvTable.open(find_file(d, ["raw_sample.csv"], "impression file"), RAW_SAMPLE,
+        "raw_sample": CsvTable.open(find_file(d, RAW_NAMES["raw_sample"], "impression file"), RAW_SAMPLE,
                                     aliases=ALIASES, optional=["nonclk"]),
-        "ad_feature": CsvTable.open(find_file(d, ["ad_feature.csv"], "ad feature file"), AD_FEATURE,
+        "ad_feature": CsvTable.open(find_file(d, RAW_NAMES["ad_feature"], "ad feature file"), AD_FEATURE,
                                     aliases=ALIASES),
-        "user_profile": CsvTable.open(find_file(d, ["user_profile.csv"], "user profile file"), USER_PROFILE,
-                                      aliases=ALIASES),
+        "user_profile": CsvTable.open(find_file(d, RAW_NAMES["user_profile"], "user profile file"),
+                                      USER_PROFILE, aliases=ALIASES),
         "behavior_log": CsvTable.open(behavior, BEHAVIOR_LOG, aliases=ALIASES) if behavior else None,
     }
 
@@ -116,11 +125,11 @@ def read_raw(input_dir: str | Path, *, max_len: int = MAX_LEN, work_dir: str | P
     used = [t for t in tables.values() if t is not None]
     frame = collect_checked(lambda: scan_raw_impressions(tables), used[:3], what="TaobaoAd raw impressions")
     check_not_empty(frame, tables["raw_sample"].path)
-    _check_joined(frame, tables)
+    joined = _check_joined(frame, tables)
     result = ReadResult(dataset=DATASET, source="raw", frame=frame, time_kind="unix_seconds",
                         labels=list(LABELS), features=feature_specs(max_len),
                         min_categr_count=MIN_CATEGR_COUNT,
-                        files={k: str(t.path) for k, t in tables.items() if t is not None})
+                        files={k: str(t.path) for k, t in tables.items() if t is not None}, notes=joined)
     behavior = tables["behavior_log"]
     if behavior is None:
         result.notes.append("no behavior_log.csv: cate_his, brand_his, btag_his are empty")
@@ -134,8 +143,10 @@ def read_raw(input_dir: str | Path, *, max_len: int = MAX_LEN, work_dir: str | P
     return result
 
 
-def _check_joined(frame: pl.DataFrame, tables: dict[str, CsvTable | None]) -> None:
-    """Impressions whose ad or user is unknown keep nulls (encoded as OOV); say how many."""
+def _check_joined(frame: pl.DataFrame, tables: dict[str, CsvTable | None]) -> list[str]:
+    """Impressions whose ad or user is unknown keep nulls (encoded as OOV); the notes say how many.
+    None matched at all: a wrong file, refused."""
+    notes = []
     for col, table in (("cate_id", "ad_feature"), ("cms_segid", "user_profile")):
         missing = frame[col].null_count()
         if missing == frame.height:
@@ -143,7 +154,10 @@ def _check_joined(frame: pl.DataFrame, tables: dict[str, CsvTable | None]) -> No
                                   path=tables[table].path, column="adgroup_id" if table == "ad_feature" else "userid",
                                   expected="ids shared with raw_sample.csv")
         if missing:
-            logger.info("%d of %d impressions have no %s row (features left missing)", missing, frame.height, table)
+            notes.append(f"{table}: {missing} of {frame.height} impressions have no {table} row "
+                         "(its features left missing, encoded as OOV)")
+            logger.warning(notes[-1])
+    return notes
 
 
 # ---------------------------------------------------------------------------------- BARS

@@ -108,9 +108,13 @@ def test_taobao_bars(tmp_path):
     assert df["userid"].to_list() == [5, 6, 7]
 
 
+#: review times are written as T0 + t: the reader keeps only reviews dated 1995 .. 2014 (policies.py)
+T0 = 1_300_000_000
+
+
 def write_reviews(path: Path, reviews: list[tuple[str, str, int]]) -> Path:
     lines = [json.dumps({"reviewerID": u, "asin": i, "reviewerName": "x", "helpful": [0, 0], "reviewText": "ok",
-                         "overall": 5.0, "summary": "s", "unixReviewTime": t, "reviewTime": "01 1, 2014"})
+                         "overall": 5.0, "summary": "s", "unixReviewTime": T0 + t, "reviewTime": "01 1, 2014"})
              for u, i, t in reviews]
     with gzip.open(path, "wt") as f:
         f.write("\n".join(lines) + "\n")
