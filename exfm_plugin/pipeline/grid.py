@@ -25,6 +25,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, StrictStr, ValidationError,
                       field_validator, model_validator)
 
+from data_prep.readers import REAL_FILES  # files a real data root must hold: the readers' own names
+
 from ..contracts import (BARS_DATASET_IDS, DATASETS, FM_TRAINING, METHODS, ROUNDS, SIZES, SOURCES, VM_SCHEDULES,
                          test_day, train_day)
 from ..distill.config import DISTILL_FIELDS, DistillConfig
@@ -38,16 +40,6 @@ STUDENTS = ("FM", "FmFM", "DeepFM")
 TEACHERS = ("DMIN", "DCN", "DCNv2", "MultiTaskDMIN")
 MULTITASK_TEACHERS = frozenset({"MultiTaskDMIN"})
 DEFAULT_TASKS = ("is_click", "is_follow", "is_like")
-# files a real data root must hold, per (dataset, format): one name per alternative group
-REAL_FILES = {
-    ("taobaoad", "raw"): [("raw_sample.csv",), ("ad_feature.csv",), ("user_profile.csv",)],
-    ("taobaoad", "bars"): [("train.csv",), ("test.csv",)],
-    ("amazon", "raw"): [("reviews_Electronics_5.json", "reviews_Electronics_5.json.gz"),
-                        ("meta_Electronics.json", "meta_Electronics.json.gz")],
-    ("amazon", "bars"): [("train.csv",), ("test.csv",)],
-    ("kuaivideo", "raw"): [("train.csv",), ("test.csv",), ("item_visual_emb_dim64.h5",)],
-    ("kuaivideo", "bars"): [("train.csv",), ("test.csv",), ("item_visual_emb_dim64.h5",)],
-}
 
 CELL_KEYS = {"teacher", "student", "method", "label_scale", "grad_scale", "loss_weight",
              "fm_frozen_after_day", "vm_schedule"}
