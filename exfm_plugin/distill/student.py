@@ -17,8 +17,8 @@ from torch import nn
 
 from ..metrics import ExFMMetricsMixin
 from ..models.base import check_protocol
-from ..models.sparse_optim import build_optimizer, clip_grad_norm_
-from ..models.training import autocast, compiled
+from ..models.sparse_optim import build_optimizer
+from ..models.training import TrainStepMixin, autocast, compiled
 from .config import DistillConfig
 from .grad_scale import grad_scale
 from .heads import DistillationHead, StudentAdapter
@@ -65,8 +65,30 @@ def _init_linear(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class ExFMStudent(ExFMMetricsMixin, BaseModel):
-    """A VM trained with ``none | kd | ah | ah_sa | ah_sa_frozen`` (the paper's Algorithm 1)."""
+class ExFMStudent(TrainStepMixin, ExFMMetricsMixin, BaseModel):
+    """A VM trained with ``none | kd | ah | ah_sa | ah_sa_frozen`` (the paper's Algorithm 1).
+
+    The wrapper composes the VM: ``forward`` is the VM's serving path, and training adds the
+    distillation head psi (and, with the adapter, the Student Adapter SA and the second head
+    psi2) on the VM's backbone vector x. Each training step (the shared
+    :class:`~exfm_plugin.models.training.TrainStepMixin` step) first updates SA alone on
+    ``h(SA(p_F), y)`` (``ah_sa`` only), then the VM and its heads together on
+    ``h(z_s, y) [+ h(z_s, p_F) for kd] + LW * h(psi(GS(x)), LS(p_F)) + h(psi2(GS(x)), sigmoid(SA(p_F)))``
+    plus the VM's own regularizers and auxiliary loss (docs/method.md, The methods). ``fit``,
+    ``evaluate`` and checkpointing are fuxictr's, with the VM's monitor, early stopping and
+    metrics.
+
+    Args:
+        vm: the ExFM VM (an :class:`~exfm_plugin.models.ExFMModel`) to train, or a
+            ``FeatureMap`` to build one from ``params`` as a FuxiCTR config does
+            (``vm_model``: a ``MODEL_REGISTRY`` name, ``distill``: the DistillConfig fields).
+        config: the method and its knobs (:class:`DistillConfig`); ``None`` is method ``none``.
+        model_id: the checkpoint name; default ``<vm model_id>_<method>``.
+        optimizer: the optimizer of the VM and its heads; default the VM's own (Adam when the
+            VM's embeddings are row-sparse). The adapter has its own Adam (``adapter_lr``).
+        learning_rate: that optimizer's learning rate; default the VM optimizer's.
+        **params: only with a ``FeatureMap``: the VM's constructor arguments.
+    """
 
     def __init__(self, vm, config: DistillConfig | None = None, model_id: str | None = None,
                  optimizer: str | None = None, learning_rate: float | None = None, **params):
@@ -81,15 +103,12 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
             raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}")
         config = config or DistillConfig()
         gpu = vm.device.index if vm.device.type == "cuda" else -1
+        if not callable(getattr(vm, "fit_settings", None)):
+            raise TypeError(f"vm={type(vm).__name__} has no fit_settings(); subclass exfm_plugin.models.ExFMModel")
         super().__init__(vm.feature_map,
                          model_id=model_id or params.get("model_id") or f"{vm.model_id}_{config.method}",
-                         gpu=gpu,
-                         verbose=vm._verbose,
-                         model_root=os.path.dirname(vm.model_dir),
-                         metrics=vm.validation_metrics)
-        for attr in ("_monitor", "_monitor_mode", "_early_stop_patience", "_eval_steps",
-                     "_save_best_only", "_reduce_lr_on_plateau", "output_activation"):
-            setattr(self, attr, getattr(vm, attr))
+                         gpu=gpu, **vm.fit_settings())
+        self.output_activation = vm.output_activation
         self.config = config
         self.vm = vm
         self.distill_head = self.adapter_head = self.adapter = None
@@ -213,7 +232,13 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
                 terms["adapter_head"] = h(self.adapter_head(x_d), t_adapter)
         return terms
 
-    def train_step(self, batch_data):
+    def step_parameters(self) -> list[nn.Parameter]:
+        """The VM's and the heads' parameters; the adapter's are clipped by nothing (its own step)."""
+        return self._student_params
+
+    def step_loss(self, batch_data) -> torch.Tensor:
+        """Algorithm 1 for one batch: the adapter's own update first (``ah_sa``), then the VM
+        loss whose gradient the shared ``train_step`` applies; the terms are kept for logging."""
         cfg = self.config
         y = self.get_labels(batch_data)
         self.observe_training_labels(y)
@@ -225,18 +250,13 @@ class ExFMStudent(ExFMMetricsMixin, BaseModel):
                 logged["adapter"] = self.adapter_step(p_teacher, y)
             with torch.no_grad():  # stop-gradient: the VM loss never reaches SA
                 t_adapter = torch.sigmoid(self.adapter(p_teacher))
-        self.optimizer.zero_grad()
         loss_terms = compiled(self, "loss_terms", self.loss_terms) if self.torch_compile else self.loss_terms
         with autocast(self.device, self.precision):
             terms = loss_terms(batch_data, p_teacher, t_adapter)
             loss = sum(terms.values()) + self.regularization_loss()
-        loss.backward()
-        clip_grad_norm_(self._student_params, self._max_gradient_norm)
-        self.optimizer.step()
         logged.update({k: v.detach() for k, v in terms.items()})
         logged["total"] = loss.detach()
         self._last_terms = logged  # tensors: reading them (a device sync) is left to the caller
-
         return loss
 
     @property

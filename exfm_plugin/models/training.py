@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import weakref
 from typing import Callable
 
@@ -73,7 +74,31 @@ def compiled(owner: nn.Module, name: str, fn: Callable) -> Callable:
     return cache[name]
 
 
-class TrainingOptionsMixin:
+class TrainStepMixin:
+    """The one training step of every model here, a bare VM's and an ``ExFMStudent``'s: zero
+    the gradients, :meth:`step_loss`, backward, clip :meth:`step_parameters` at fuxictr's
+    ``max_gradient_norm``, one optimizer step. Subclasses say what the loss is and which
+    parameters it trains; the order of the step is fuxictr's ``BaseModel.train_step``."""
+
+    def step_loss(self, batch_data) -> torch.Tensor:
+        """The scalar loss of one batch, built under the model's precision."""
+        raise NotImplementedError
+
+    def step_parameters(self):
+        """The parameters the step's gradient clip covers (those ``self.optimizer`` updates)."""
+        return self.parameters()
+
+    def train_step(self, batch_data):
+        """fuxictr's step, with the training options and a clip that takes sparse gradients."""
+        self.optimizer.zero_grad()
+        loss = self.step_loss(batch_data)
+        loss.backward()
+        clip_grad_norm_(self.step_parameters(), self._max_gradient_norm)
+        self.optimizer.step()
+        return loss
+
+
+class TrainingOptionsMixin(TrainStepMixin):
     """``embedding_update`` / ``precision`` / ``torch_compile`` for a fuxictr model."""
 
     embedding_update: str = "dense"
@@ -171,14 +196,19 @@ class TrainingOptionsMixin:
         with autocast(self.device, self.precision):
             return forward(batch_data)
 
-    def train_step(self, batch_data):
-        """fuxictr's step, with the training options and a clip that takes sparse gradients."""
-        self.optimizer.zero_grad()
+    def step_loss(self, batch_data) -> torch.Tensor:
+        """fuxictr's loss (``compute_loss``: the loss plus the regularizers) of the training forward."""
         return_dict = self.training_forward(batch_data)
         y_true = self.get_labels(batch_data)
         with autocast(self.device, self.precision):
-            loss = self.compute_loss(return_dict, y_true)
-        loss.backward()
-        clip_grad_norm_(self.parameters(), self._max_gradient_norm)
-        self.optimizer.step()
-        return loss
+            return self.compute_loss(return_dict, y_true)
+
+    def fit_settings(self) -> dict:
+        """The fuxictr ``BaseModel`` constructor arguments that govern ``fit`` and ``evaluate``
+        (monitor, early stopping, evaluation steps, checkpoint root, metrics, verbosity), read
+        back so a model that wraps this one (``ExFMStudent``) is built with the same ones."""
+        return {"monitor": dict(self._monitor.kv_pairs), "monitor_mode": self._monitor_mode,
+                "early_stop_patience": self._early_stop_patience, "eval_steps": self._eval_steps,
+                "save_best_only": self._save_best_only, "reduce_lr_on_plateau": self._reduce_lr_on_plateau,
+                "verbose": self._verbose, "model_root": os.path.dirname(self.model_dir),
+                "metrics": self.validation_metrics}
