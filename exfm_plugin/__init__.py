@@ -14,6 +14,7 @@ _EXPORTS = {
        ("ExFMModel", "MODEL_REGISTRY", "FM", "FmFM", "DeepFM", "DCN", "DCNv2", "DMIN", "MultiTaskDMIN")},
     **{name: "exfm_plugin.distill" for name in ("DistillConfig", "ExFMStudent", "export_serving_model")},
     "H5DataLoader": "exfm_plugin.data",
+    "load_exported": "exfm_plugin.export",  # an `exfm export` folder -> (model, feature_map)
 }
 __all__ = sorted(_EXPORTS)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from ..cli_parsing import float_at_least, int_at_least
 
@@ -50,6 +51,33 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_run)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``exfm run``: says how far the grid got; ``exfm_plugin.cli.main`` prints it as
+    one line, exit 130. Recorded cells and finished steps are kept (a step being built leaves
+    no temporary: ``fsutil.atomic_dir`` removes it), so rerunning the command resumes."""
+
+    def __init__(self, grid: str, done: int, total: int) -> None:
+        self.grid, self.done, self.total = grid, done, total
+        super().__init__(f"interrupted after {done}/{total} cells of grid {grid}; rerun the same command to resume")
+
+
+def interrupted(grid, results_dir: str) -> RunInterrupted:
+    """The :class:`RunInterrupted` of ``grid``, counted from its records file (wherever the
+    interrupt landed: a step, a record's write, between cells), with a line in the run's log."""
+    from pathlib import Path
+
+    from .logging_run import run_log, run_logging
+    from .records import RecordWriter
+    from .runner import cell_id, grid_jobs
+
+    ids = {cell_id(grid, cell) for _, cell in grid_jobs(grid)}
+    done = len(ids & RecordWriter(Path(results_dir) / "records" / f"{grid.name}.jsonl").done_cells())
+    with run_logging(results_dir, grid.name, console=False):
+        run_log.warning("grid %s: interrupted (Ctrl-C) after %d/%d cells; rerun the same command to resume",
+                        grid.name, done, len(ids))
+    return RunInterrupted(grid.name, done, len(ids))
+
+
 def resolve_device(device: str | None, gpu: int | None) -> str:
     """The device of ``--device`` / ``--gpu`` (FuxiCTR's ``gpu: N``, -1 = cpu); both given must agree."""
     from .grid import GridError
@@ -63,7 +91,7 @@ def resolve_device(device: str | None, gpu: int | None) -> str:
 def run_run(args: argparse.Namespace) -> int:
     """CLI body of ``exfm run``; bad input raises GridError, which ``exfm_plugin.cli.main`` prints."""
     from .grid import GridError, load_grid
-    from .runner import check_device, run_grid
+    from .runner import check_device
 
     # every grid is validated, and the device checked, before any work starts
     args.device = resolve_device(args.device, args.gpu)
@@ -81,19 +109,28 @@ def run_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     status = 0
     for grid in grids:
-        if args.engine == "ray":
-            from .ray_engine import run_grid_ray
-
-            summary = run_grid_ray(grid, args.work, args.results, address=args.address, workers=args.workers,
-                                   cpus_per_step=args.cpus_per_step, gpus_per_step=args.gpus_per_step,
-                                   das_engine=args.das_engine, progress=not args.no_progress)
-        else:
-            summary = run_grid(grid, args.work, args.results, device=args.device, das_engine=args.das_engine,
-                               progress=not args.no_progress,
-                               follow=not args.no_progress or getattr(args, "verbose", False))
+        try:
+            summary = _run_one(args, grid)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the bookkeeping short
+            raise interrupted(grid, args.results) from None
         print(f"grid {summary.grid}: {summary.ok} cells ok, {summary.failed} failed, {summary.skipped} already "
               f"done, {summary.seconds:.0f} s -> {summary.records_path}")
         for failure in summary.failures:
             print(f"  failed: {failure}")
         status = status or (1 if summary.failed else 0)
     return status
+
+
+def _run_one(args: argparse.Namespace, grid):
+    """One grid through the engine ``args`` names; returns its RunSummary."""
+    if args.engine == "ray":
+        from .ray_engine import run_grid_ray
+
+        return run_grid_ray(grid, args.work, args.results, address=args.address, workers=args.workers,
+                            cpus_per_step=args.cpus_per_step, gpus_per_step=args.gpus_per_step,
+                            das_engine=args.das_engine, progress=not args.no_progress)
+    from .runner import run_grid
+
+    return run_grid(grid, args.work, args.results, device=args.device, das_engine=args.das_engine,
+                    progress=not args.no_progress, follow=not args.no_progress or getattr(args, "verbose", False))

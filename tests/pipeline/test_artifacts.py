@@ -24,7 +24,8 @@ def test_a_step_finished_by_another_process_first_is_kept_and_the_loser_cleans_u
 
     key, path, meta = store.build("step", {"x": 1}, mine)
     assert meta["who"] == "theirs" and (path / "out.txt").read_text() == "theirs"
-    assert sorted(os.listdir(tmp_path / "step")) == [key]  # no temporary directory left behind
+    # no temporary directory left behind (the step's lock file stays: unlinking a flock'ed file races)
+    assert sorted(os.listdir(tmp_path / "step")) == sorted([key, store.lock_path("step", key).name])
     assert store.build("step", {"x": 1}, mine)[2]["who"] == "theirs"  # done: never rebuilt
 
 
@@ -64,3 +65,40 @@ def test_an_fm_step_whose_snapshot_another_builder_published_first_still_succeed
     assert (second.ok, second.failed) == (first.ok, 0) and seen
     ids = lambda path: sorted(r["snapshot_id"] for r in read_records([path]))  # noqa: E731
     assert ids(second.records_path) == ids(first.records_path)
+
+
+def _build_slowly(root, log, results) -> None:
+    """One process's build of step ``{"x": 1}``: notes each time ``fn`` runs, and which builder's
+    meta the store returned."""
+    import time
+
+    def fn(tmp):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+        (tmp / "out.txt").write_text(str(os.getpid()))
+        return {"builder": os.getpid()}
+
+    results.put(ArtifactStore(root).build("step", {"x": 1}, fn)[2]["builder"])
+
+
+def test_two_processes_on_one_store_build_a_step_once(tmp_path):
+    """The step lock: the second process waits for the first and reuses its artifact (without it
+    both would run ``fn``, the loser's result discarded)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    log = tmp_path / "runs.log"
+    procs = [ctx.Process(target=_build_slowly, args=(tmp_path / "store", log, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    builders = {results.get(timeout=5), results.get(timeout=5)}
+    ran = log.read_text().split()
+    assert len(ran) == 1 and builders == {int(ran[0])}
+    store = ArtifactStore(tmp_path / "store")
+    key = artifacts.step_key("step", {"x": 1})
+    assert (store.path("step", key) / "out.txt").read_text() == ran[0]

@@ -61,7 +61,7 @@ def test_a_cell_exports_to_a_fuxictr_model_that_reproduces_its_auc(finished_run,
     assert main(["export", "--records", str(tmp / "results"), "--cell", rec["cell_id"][:10], "--out", str(out)]) == 0
     expid = next(iter(yaml.safe_load((out / "model_config.yaml").read_text())))
     params = load_config(str(out), expid)  # fuxictr's own loader reads the exported folder
-    data_dir = os.path.join(params["data_root"], params["dataset_id"])
+    data_dir = os.path.join(out, params["data_root"], params["dataset_id"])  # data_root: relative to the folder
     fmap = FeatureMap(params["dataset_id"], data_dir)
     fmap.load(os.path.join(data_dir, "feature_map.json"), params)
     fmap.labels = [params["label"]]
