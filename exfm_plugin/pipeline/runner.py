@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from ..contracts import fm_pred_column
 from .artifacts import ArtifactStore, step_key
+from .cell_outputs import write_cell_outputs
 from .grid import Cell, Grid, GridError, expand_cells
 from .logging_run import metrics_line, run_log, run_logging
 from .records import RecordWriter
@@ -211,6 +212,7 @@ def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *
                 continue
             measured = {k: v for k, v in measured.items() if k not in ARTIFACT_KEYS}
             run_log.info("%s cell %s %s", kind.upper(), cid, metrics_line(measured.get("metrics") or {}))
+            measured.update(write_cell_outputs(results_dir, grid, {**base, **measured}, ctx.store, log_path))
             writer.append({**base, **measured, "status": "ok", "error": None,
                            "wall_time_s": time.perf_counter() - cell_start})
             summary.ok += 1

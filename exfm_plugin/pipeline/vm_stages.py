@@ -103,6 +103,7 @@ def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inpu
         extra = [last.fm_column] if last.fm_column else []
         rows = secs = 0.0
         terms: dict[str, float] = {}
+        pass_terms: list[dict[str, float]] = []  # every pass's rows, seconds and mean loss terms
         for p in range(passes):
             loader = H5DataLoader(fmap, last.file, batch_size=params["batch_size"], shuffle=True,
                                   seed=cell.seed * 1000 + last.day * 10 + p, extra_columns=extra)
@@ -111,6 +112,7 @@ def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inpu
                                   ctx.progress)
             rows, secs = rows + r, secs + s
             terms = meter.means()
+            pass_terms.append({"rows": int(r), "seconds": s, **terms})
             run_log.info("[Train] VM %s/%s day %d pass %d/%d: %d rows, %.1f s - loss %s", cell.student,
                          config.method, last.day, p + 1, passes, r, s, format_list(terms))
         torch.save({"student": student.state_dict(), "optimizers": _named_optimizer_state(student)}, tmp / STATE)
@@ -118,7 +120,7 @@ def vm_link_stage(ctx: Context, prep: PreparedData, cell: Cell, label: str, inpu
         total = rows + (parent[2]["train_rows"] if parent else 0)
         return {"train_rows": int(total), "day_rows": int(rows), "train_seconds": secs,
                 "train_samples_per_s": rows / max(secs, 1e-9), "method_in_force": config.method,
-                "loss_terms": terms}
+                "loss_terms": terms, "pass_terms": pass_terms}
 
     return ctx.store.build("vm", spec, build)
 

@@ -13,8 +13,9 @@ from typing import Iterable, Sequence
 import polars as pl
 
 from .aggregate import CELL_KEY, UNIT_KEY, aggregate, constants, ok_rows
+from .cell_index import write_cell_index
 from .compare import SeedIndex
-from .figures import FIGURE_FILES, FIGURE_TITLES, PLOTTERS, plot_calibration
+from .figures import FIGURE_FILES, FIGURE_TITLES, PLOTTERS, plot_calibration, plot_training_curves
 from .load import load_with_duplicates
 from .markdown import SMOKE_PREFIX, bars_table, failed_section, grid_prefix, grid_shape, header, unit_tables
 from .references import References, resolve_reference_dir
@@ -32,6 +33,9 @@ GRID_TITLES = {"table2": "Table 2 shape: TaobaoAd, teacher × student × method"
                "fig10_11": "Figures 10-11: LW / LS and GS sweeps"}
 SHAPE_NOTES = {"table4": "Our domains 0/1/2 are matched to the paper's domains 1/2/3 by position.",
                "table5": "Our tasks is_click/is_like/is_follow are the paper's click/like/follow."}
+
+NOT_DRAWN = {plot_calibration: "no calibration_bins in its records",
+             plot_training_curves: "no train_curve in its records (written by `exfm run` since per-cell outputs)"}
 
 
 @dataclass
@@ -71,7 +75,8 @@ def _draw(ok: pl.DataFrame, index: SeedIndex, grids: list[str], out: Path, paths
     for g in grids:
         rows = ok.filter(pl.col("grid") == g).to_dicts()
         shape = grid_shape(g)
-        todo = [(f"calibration_{g}.png", plot_calibration, f"Reliability per method ({g})")]
+        todo = [(f"calibration_{g}.png", plot_calibration, f"Reliability per method ({g})"),
+                (f"{g}_training_curves.png", plot_training_curves, f"VM training loss per day pass ({g})")]
         if shape in PLOTTERS:
             todo.insert(0, (grid_prefix(g) + FIGURE_FILES[shape], PLOTTERS[shape], f"{FIGURE_TITLES[shape]} ({g})"))
         for name, plot, title in todo:
@@ -79,8 +84,8 @@ def _draw(ok: pl.DataFrame, index: SeedIndex, grids: list[str], out: Path, paths
             if target.exists():
                 target.unlink()  # a stale figure from an older run must not outlive its records
             drawn = have_mpl and bool(rows) and plot(rows, index, target, title)
-            why = ("matplotlib is not installed" if not have_mpl else "no calibration_bins in its records"
-                   if plot is plot_calibration else "no ok records it can plot (needs a `none` baseline)")
+            why = ("matplotlib is not installed" if not have_mpl else NOT_DRAWN.get(
+                plot, "no ok records it can plot (needs a `none` baseline)"))
             if drawn:
                 paths.figures[name] = target
                 notes[g].append(f"- `{name}`: {title}")
@@ -133,6 +138,10 @@ def build_report(records_paths: str | Path | Sequence[str | Path], out_dir: str 
     for g in grids:
         lines += _grid_section(g, [c for c in all_cells if c["grid"] == g], consts, index, ok_vm, refs)
         lines += [f"Figures for {g}:", ""] + fig_notes[g] + [""]
+        cell_md = write_cell_index(g, ok.filter(pl.col("grid") == g).to_dicts(), out)
+        if cell_md is not None:
+            lines += [f"Per-cell outputs (params, log, losses, weights) of every VM cell: [{cell_md.name}]"
+                      f"({cell_md.name})", ""]
     lines += ["## Figures", ""]
     lines += [f"- `{name}` ![{name}]({p.name})" for name, p in sorted(paths.figures.items())]
     lines += [f"- `{name}`: missing — {why}." for name, why in sorted(paths.missing_figures.items())] + [""]

@@ -40,10 +40,12 @@ SCHEMA: dict[str, pl.DataType] = {
     **{m: pl.Float64 for m in METRICS},
     "constant_logloss": pl.Float64, "constant_NE": pl.Float64,
     "calibration_bins": pl.String,  # JSON text: [[mean_pred, mean_label, count], ...]
+    "data_size": pl.String, "outputs_dir": pl.String,  # the grid's size; the cell's folder under its results
+    "train_curve": pl.String,  # JSON text: [{day, pass, passes, method, rows, seconds, <loss terms>}, ...]
     **{t: pl.Float64 for t in THROUGHPUT},
 }
 _COPIED = [k for k in SCHEMA if k not in ("source_file", "source_line", "feature_gap", "hparams", "calibration_bins",
-                                          "constant_logloss", "constant_NE", *METRICS)]
+                                          "constant_logloss", "constant_NE", "data_size", "train_curve", *METRICS)]
 
 
 def flatten(rec: dict[str, Any], path: Path | str, lineno: int) -> dict[str, Any]:
@@ -55,6 +57,8 @@ def flatten(rec: dict[str, Any], path: Path | str, lineno: int) -> dict[str, Any
     row.update({"source_file": str(path), "source_line": lineno, "feature_gap": ",".join(rec["feature_gap"]),
                 "hparams": ", ".join(f"{k}={v}" for k, v in sorted((rec.get("hparams") or {}).items())),
                 "calibration_bins": json.dumps(bins) if bins else None,
+                "data_size": None if rec.get("data_size") is None else str(rec["data_size"]),
+                "train_curve": json.dumps(rec["train_curve"]) if rec.get("train_curve") else None,
                 "constant_logloss": constant.get("logloss"), "constant_NE": constant.get("NE")})
     row.update({m: metrics.get(m) for m in METRICS})
     return row

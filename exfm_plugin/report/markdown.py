@@ -10,6 +10,7 @@ import polars as pl
 from ..contracts import BARS_DATASET_NAMES
 from .aggregate import UNIT_KEY, none_vs_constant, unit_of
 from .compare import is_default_scales
+from .data_size import data_scales, size_warning
 from .references import References
 from .stats import Interval, format_interval
 
@@ -62,6 +63,9 @@ def header(records: pl.DataFrame, cells: pl.DataFrame, n_dup: int, refs: Referen
         return lines + ["No records were found: nothing to report.", ""]
     sources = records.select("dataset", "data_source").unique().sort("dataset", "data_source").rows()
     kinds = {s for _, s in sources}
+    scales = data_scales(records.to_dicts())
+    if (warning := size_warning(scales)) is not None:
+        lines += [warning, ""]
     if kinds == {"synthetic"}:
         lines.append("**Data: SYNTHETIC.** Every number below comes from exfm's synthetic world (generated data "
                      "in the datasets' formats), not from the real TaobaoAd / Amazon Electronics / KuaiVideo "
@@ -70,7 +74,8 @@ def header(records: pl.DataFrame, cells: pl.DataFrame, n_dup: int, refs: Referen
         lines.append("**Data: MIXED synthetic and real.** Only real-data numbers compare with the paper's and BARS'.")
     else:
         lines.append("**Data: REAL** (" + ", ".join(sorted(kinds)) + " files of the public datasets).")
-    lines += ["", "Data per dataset: " + "; ".join(f"{d} = {s}" for d, s in sources) + "."]
+    lines += ["", "Data per dataset (source, grid size, VM rows a day, seeds of the ok records):", ""]
+    lines += [f"- {s.describe()}" for s in scales]
     for d, note in records.filter(pl.col("split_note").is_not_null()).select(
             "dataset", "split_note").unique().sort("dataset", "split_note").rows():
         lines.append(f"- ⚠ **{d}: {note}** — the 8 days are not calendar days; time order is the files' row order.")
