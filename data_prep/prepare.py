@@ -74,6 +74,8 @@ class PrepSummary:
     time_window: str | None = None
     duplicate_rows: int = 0
     duplicates_dropped: int = 0
+    #: what the reader itself counted by the data policies (e.g. Amazon's reviews_out_of_window)
+    reader_counts: dict[str, int] = field(default_factory=dict)
     total_rows: int = 0
     seconds: float = 0.0
 
@@ -285,7 +287,7 @@ def _summary(dataset: str, source: str, dataset_id: str, final: Path, frame: pl.
         numeric_stats=encoder.describe()["numeric_stats"], notes=list(result.notes) + policy.notes,
         input_files=dict(result.files), rows_read=policy.rows_read, out_of_window_dropped=policy.out_of_window,
         time_window=policy.window[0] if policy.window else None, duplicate_rows=policy.duplicates,
-        duplicates_dropped=policy.duplicates_dropped, total_rows=frame.height)
+        duplicates_dropped=policy.duplicates_dropped, reader_counts=dict(result.counts), total_rows=frame.height)
     if domains is not None:
         keys = list(range(domains["n_domains"]))
         drates = _rates(frame, "domain", result.labels, keys)

@@ -14,10 +14,11 @@ bytes:
 from __future__ import annotations
 
 import gzip
+import io
 import tarfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from ..errors import DataFormatError
 
@@ -74,16 +75,17 @@ def _is_compressed_tar(path: str | Path) -> bool:
         return False
 
 
-class ArchiveMember:
+class ArchiveMember(io.BufferedIOBase):
     """The first regular file of a tar archive, read as a stream of bytes.
 
-    Exposes what the readers use of a binary file (``read``, ``readline``, line iteration,
-    ``with``) and ``fileobj``, the archive file itself, whose ``tell()`` says how many compressed
+    A readable binary stream (``read``, ``readline``, line iteration, ``with``, usable under
+    ``io.TextIOWrapper``) with ``fileobj``, the archive file itself, whose ``tell()`` says how many compressed
     bytes were consumed (as ``gzip.GzipFile.fileobj`` does). Corrupt or truncated archives raise
     ``OSError`` so the readers' usual handlers name the file.
     """
 
     def __init__(self, path: str | Path) -> None:
+        super().__init__()
         self.path = Path(path)
         self.fileobj = open(self.path, "rb")
         try:
@@ -106,33 +108,30 @@ class ArchiveMember:
         raise DataFormatError("the tar archive holds no file", path=self.path,
                               expected="a tar archive holding one CSV file")
 
-    def read(self, size: int = -1) -> bytes:
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
         try:
-            return self._f.read(size)
+            return self._f.read(-1 if size is None else size)
         except _STREAM_ERRORS as e:
             raise OSError(f"corrupt or truncated tar archive ({e})") from e
 
-    def readline(self, size: int = -1) -> bytes:
+    read1 = read
+
+    def readline(self, size: int | None = -1) -> bytes:
         try:
-            return self._f.readline(size)
+            return self._f.readline(-1 if size is None else size)
         except _STREAM_ERRORS as e:
             raise OSError(f"corrupt or truncated tar archive ({e})") from e
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            line = self.readline()
-            if not line:
-                return
-            yield line
 
     def close(self) -> None:
+        if self.closed:
+            return
         try:
-            self._tar.close()
+            if getattr(self, "_tar", None) is not None:
+                self._tar.close()
         finally:
-            self.fileobj.close()
-
-    def __enter__(self) -> "ArchiveMember":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            if getattr(self, "fileobj", None) is not None:
+                self.fileobj.close()
+            super().close()

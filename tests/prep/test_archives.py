@@ -17,7 +17,7 @@ import pytest
 
 from data_prep.errors import DataFormatError
 from data_prep.readers import REAL_FILES, common, read, taobaoad
-from data_prep.readers.common import open_binary
+from data_prep.readers.common import open_binary, open_text
 from data_prep.synthetic import generate_raw
 
 FILES = ("raw_sample", "ad_feature", "user_profile", "behavior_log")
@@ -127,6 +127,8 @@ def test_archive_is_streamed_not_extracted(tmp_path):
         assert f.readline() == b"user,time_stamp,cate\n"
         assert f.fileobj.tell() < size / 10  # compressed bytes consumed so far
         assert sum(1 for _ in f) == len(rows)
+    with open_text(tmp_path / "behavior_log.csv.tar.gz") as t:  # the text view (as the JSON readers use)
+        assert t.readline() == "user,time_stamp,cate\n" and t.readline() == "{},{},{}\n".format(*rows[0])
 
 
 def test_real_files_list_accepts_the_shipped_archives():

@@ -97,6 +97,9 @@ def test_exfm_prep_on_the_real_dump_matches_the_json(prepped, capsys):
     summary = json.loads((out / "prep_summary.json").read_text())
     assert summary["total_rows"] == 2 * len(want) == sum(summary["rows_per_day"])  # one negative per positive
     assert summary["out_of_window_dropped"] == summary["duplicate_rows"] == 0
+    assert summary["reader_counts"] == {"reviews_read": 10261, "reviews_out_of_window": 0, "review_duplicates_dropped": 0,
+                                        "reviewed_items": 900, "reviewed_items_with_meta": 900,
+                                        "positives_without_negative": 0}
     assert "amazon_raw" in printed and "no line in" not in printed  # the meta covers every item
     vocab = json.loads((out / "feature_vocab.json").read_text())
     inv = {name: {i: t for t, i in vocab[name].items()} for name in ("group_id", "item_id", "cate_id")}
@@ -152,6 +155,7 @@ def test_meta_under_the_threshold_is_refused_above_it_counted(tmp_path, capsys):
     assert "300 of 900 reviewed items" in capsys.readouterr().out
     saved = json.loads((tmp_path / "out" / "amazon_raw" / "prep_summary.json").read_text())
     assert any("300 of 900 reviewed items" in n for n in saved["notes"])
+    assert saved["reader_counts"]["reviewed_items_with_meta"] == 600 and saved["reader_counts"]["reviewed_items"] == 900
 
 
 def test_doubled_lines_are_dropped_and_counted(tmp_path):
