@@ -79,14 +79,14 @@ class ExFMStudent(TrainStepMixin, ExFMMetricsMixin, BaseModel):
     metrics.
 
     Args:
-        vm: the ExFM VM (an :class:`~exfm_plugin.models.ExFMModel`) to train, or a
+        vm (ExFMModel or FeatureMap): the ExFM VM (an :class:`~exfm_plugin.models.ExFMModel`) to train, or a
             ``FeatureMap`` to build one from ``params`` as a FuxiCTR config does
             (``vm_model``: a ``MODEL_REGISTRY`` name, ``distill``: the DistillConfig fields).
-        config: the method and its knobs (:class:`DistillConfig`); ``None`` is method ``none``.
-        model_id: the checkpoint name; default ``<vm model_id>_<method>``.
-        optimizer: the optimizer of the VM and its heads; default the VM's own (Adam when the
+        config (DistillConfig or None): the method and its knobs (:class:`DistillConfig`); ``None`` is method ``none``.
+        model_id (str or None): the checkpoint name; default ``<vm model_id>_<method>``.
+        optimizer (str or None): the optimizer of the VM and its heads; default the VM's own (Adam when the
             VM's embeddings are row-sparse). The adapter has its own Adam (``adapter_lr``).
-        learning_rate: that optimizer's learning rate; default the VM optimizer's.
+        learning_rate (float or None): that optimizer's learning rate; default the VM optimizer's.
         **params: only with a ``FeatureMap``: the VM's constructor arguments.
     """
 

@@ -15,6 +15,31 @@ from .embedding import field_embeddings
 
 
 class DCN(ExFMModel):
+    """Deep & Cross Network (Wang et al., ADKDD 2017), as FuxiCTR's model_zoo DCN: a CrossNet
+    (``x_{l+1} = x_0 (w_l . x_l) + b_l + x_l``) and an optional DNN run in parallel on the
+    flattened field embeddings. ``backbone`` returns ``concat(cross_out, dnn_out)`` (the cross
+    output alone when ``dnn_hidden_units`` is empty) and ``serving_head`` is ``Linear(x -> 1)``,
+    the reference's output layer.
+
+    Args:
+        feature_map (FeatureMap): the dataset's feature specs (fuxictr's ``FeatureMap``).
+        model_id (str): model identifier, the checkpoint's name. Default: ``"DCN"``.
+        gpu (int): GPU device index, ``-1`` for CPU. Default: ``-1``.
+        learning_rate (float): the optimizer's learning rate. Default: ``1e-3``.
+        embedding_dim (int): embedding width of every field. Default: ``10``.
+        dnn_hidden_units (list[int]): the parallel DNN's hidden layers; empty for none.
+            Default: ``[]``.
+        dnn_activations (str or list): the DNN's activation(s). Default: ``"ReLU"``.
+        num_cross_layers (int): number of cross layers (>= 0). Default: ``3``.
+        net_dropout (float): dropout rate of the DNN. Default: ``0``.
+        batch_norm (bool): batch normalisation in the DNN. Default: ``False``.
+        embedding_regularizer (str, float or None): regularizer of the embeddings. Default: ``None``.
+        net_regularizer (str, float or None): regularizer of the other weights. Default: ``None``.
+        **kwargs: FuxiCTR's ``BaseModel`` arguments (``optimizer`` and ``loss``, both required,
+            ``model_root``, ``metrics``, ``verbose``, ``monitor``, ``early_stop_patience``, ...)
+            and the training options ``embedding_update``, ``precision``, ``torch_compile``
+            (docs/models.md, Training options).
+    """
     def __init__(self,
                  feature_map,
                  model_id: str = "DCN",

@@ -22,6 +22,38 @@ MODEL_STRUCTURES = ("crossnet_only", "stacked", "parallel", "stacked_parallel")
 
 
 class DCNv2(ExFMModel):
+    """DCN-V2 (Wang et al., WWW 2021), as FuxiCTR's model_zoo DCNv2: a full-rank cross network
+    (``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``, fuxictr's ``CrossNetV2``) or its low-rank
+    mixture of experts (``CrossNetMix``), combined with DNNs by ``model_structure`` (see the
+    module docstring). ``backbone`` returns the representation before the reference's output
+    layer and ``serving_head`` is that layer, ``Linear(x -> 1)``.
+
+    Args:
+        feature_map (FeatureMap): the dataset's feature specs (fuxictr's ``FeatureMap``).
+        model_id (str): model identifier, the checkpoint's name. Default: ``"DCNv2"``.
+        gpu (int): GPU device index, ``-1`` for CPU. Default: ``-1``.
+        model_structure (str): ``"crossnet_only"``, ``"stacked"``, ``"parallel"`` or
+            ``"stacked_parallel"``. Default: ``"parallel"``.
+        use_low_rank_mixture (bool): use ``CrossNetMix`` instead of ``CrossNetV2``. Default: ``False``.
+        low_rank (int): rank of each ``CrossNetMix`` expert. Default: ``32``.
+        num_experts (int): number of ``CrossNetMix`` experts. Default: ``4``.
+        learning_rate (float): the optimizer's learning rate. Default: ``1e-3``.
+        embedding_dim (int): embedding width of every field. Default: ``10``.
+        stacked_dnn_hidden_units (list[int]): hidden layers of the DNN on top of the cross
+            network (``stacked``, ``stacked_parallel``). Default: ``[]``.
+        parallel_dnn_hidden_units (list[int]): hidden layers of the DNN beside it (``parallel``,
+            ``stacked_parallel``). Default: ``[]``.
+        dnn_activations (str or list): the DNNs' activation(s). Default: ``"ReLU"``.
+        num_cross_layers (int): number of cross layers. Default: ``3``.
+        net_dropout (float): dropout rate of the DNNs. Default: ``0``.
+        batch_norm (bool): batch normalisation in the DNNs. Default: ``False``.
+        embedding_regularizer (str, float or None): regularizer of the embeddings. Default: ``None``.
+        net_regularizer (str, float or None): regularizer of the other weights. Default: ``None``.
+        **kwargs: FuxiCTR's ``BaseModel`` arguments (``optimizer`` and ``loss``, both required,
+            ``model_root``, ``metrics``, ``verbose``, ``monitor``, ``early_stop_patience``, ...)
+            and the training options ``embedding_update``, ``precision``, ``torch_compile``
+            (docs/models.md, Training options).
+    """
     def __init__(self,
                  feature_map,
                  model_id: str = "DCNv2",

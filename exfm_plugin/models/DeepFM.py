@@ -17,6 +17,31 @@ from .embedding import field_embeddings
 
 
 class DeepFM(ExFMModel):
+    """DeepFM (Guo et al., IJCAI 2017), as FuxiCTR's model_zoo DeepFM: the FM logit (bias,
+    first-order weights, pairwise inner products) plus a DNN's logit over the flattened field
+    embeddings, both sharing one embedding table. ``backbone`` returns ``[bi-interaction (D),
+    first-order term (1), last DNN hidden layer (H)]``; ``serving_head`` sums the first D+1
+    entries and adds the DNN's output layer ``Linear(H -> 1)``, so it equals the DeepFM logit
+    ``FM(X) + DNN(X)`` and the distillation heads see both representations.
+
+    Args:
+        feature_map (FeatureMap): the dataset's feature specs (fuxictr's ``FeatureMap``).
+        model_id (str): model identifier, the checkpoint's name. Default: ``"DeepFM"``.
+        gpu (int): GPU device index, ``-1`` for CPU. Default: ``-1``.
+        learning_rate (float): the optimizer's learning rate. Default: ``1e-3``.
+        embedding_dim (int): embedding width D of every field. Default: ``10``.
+        hidden_units (list[int]): the DNN's hidden layers; empty feeds the flattened embeddings
+            to the output layer. Default: ``[64, 64, 64]``.
+        hidden_activations (str or list): the DNN's activation(s). Default: ``"ReLU"``.
+        net_dropout (float): dropout rate of the DNN. Default: ``0``.
+        batch_norm (bool): batch normalisation in the DNN. Default: ``False``.
+        embedding_regularizer (str, float or None): regularizer of the embeddings. Default: ``None``.
+        net_regularizer (str, float or None): regularizer of the other weights. Default: ``None``.
+        **kwargs: FuxiCTR's ``BaseModel`` arguments (``optimizer`` and ``loss``, both required,
+            ``model_root``, ``metrics``, ``verbose``, ``monitor``, ``early_stop_patience``, ...)
+            and the training options ``embedding_update``, ``precision``, ``torch_compile``
+            (docs/models.md, Training options).
+    """
     def __init__(self,
                  feature_map,
                  model_id: str = "DeepFM",

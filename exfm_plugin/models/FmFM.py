@@ -60,6 +60,28 @@ class FieldPairInteraction(nn.Module):
 
 
 class FmFM(ExFMModel):
+    """Field-matrixed Factorization Machine (Sun et al., WWW 2021), as FuxiCTR's model_zoo FmFM:
+    the pairwise term of fields i < j is ``(v_i r_ij) . v_j`` with one transform ``r_ij`` per
+    field pair, a D x D matrix (``matrixed``) or a D-vector (``vectorized``), plus a bias and
+    first-order weights. ``r_ij`` starts at the identity, so an untrained FmFM is an FM.
+    ``backbone`` returns ``[sum_{i<j} (v_i r_ij) * v_j (D), first-order term (1)]`` and
+    ``serving_head`` their parameter-free sum.
+
+    Args:
+        feature_map (FeatureMap): the dataset's feature specs (fuxictr's ``FeatureMap``).
+        model_id (str): model identifier, the checkpoint's name. Default: ``"FmFM"``.
+        gpu (int): GPU device index, ``-1`` for CPU. Default: ``-1``.
+        learning_rate (float): the optimizer's learning rate. Default: ``1e-3``.
+        embedding_dim (int): embedding width D of every field. Default: ``10``.
+        regularizer (str, float or None): one regularizer for the embeddings and the weights
+            alike (fuxictr's FmFM). Default: ``None``.
+        field_interaction_type (str): ``"matrixed"`` (D x D transforms) or ``"vectorized"``
+            (D-vector transforms). Default: ``"matrixed"``.
+        **kwargs: FuxiCTR's ``BaseModel`` arguments (``optimizer`` and ``loss``, both required,
+            ``model_root``, ``metrics``, ``verbose``, ``monitor``, ``early_stop_patience``, ...)
+            and the training options ``embedding_update``, ``precision``, ``torch_compile``
+            (docs/models.md, Training options).
+    """
     def __init__(self,
                  feature_map,
                  model_id: str = "FmFM",

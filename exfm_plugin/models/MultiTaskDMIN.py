@@ -22,6 +22,60 @@ from .training import TrainingOptionsMixin
 
 
 class MultiTaskDMIN(FeatureInputsMixin, TrainingOptionsMixin, MultiTaskModel):
+    """Hard-parameter-shared multi-task DMIN, the teacher FM of the paper's Table 5: DMIN's
+    encoder (the same layers, defaults and auxiliary loss as :class:`DMIN`) as the shared
+    bottom, then one tower MLP and one logit per label, trained with fuxictr's
+    ``MultiTaskModel`` losses (``EQ``: the sum over tasks, or per-label weights).
+
+    Args:
+        feature_map (FeatureMap): the dataset's feature specs (fuxictr's ``FeatureMap``).
+        model_id (str): model identifier, the checkpoint's name. Default: ``"MultiTaskDMIN"``.
+        gpu (int): GPU device index, ``-1`` for CPU. Default: ``-1``.
+        task (str or list): fuxictr's task type(s), one per label. Default:
+            ``"binary_classification"``.
+        num_tasks (int or None): the number of labels; ``None`` takes ``feature_map.labels``.
+            Default: ``None``.
+        loss_weight (str or list): ``"EQ"`` or one weight per label. Default: ``"EQ"``.
+        tower_hidden_units (list[int]): hidden layers of each task tower. Default: ``[64]``.
+        tower_activations (str or list): the towers' activation(s). Default: ``"ReLU"``.
+        learning_rate (float): the optimizer's learning rate. Default: ``1e-3``.
+        embedding_dim (int): embedding width of every field. Default: ``10``.
+        dnn_hidden_units (list[int]): hidden layers of the DNN over the interests and the other
+            field embeddings; its last layer is the backbone vector x. Default: ``[512, 128, 64]``.
+        dnn_activations (str or list): the DNN's activation(s). Default: ``"Dice"``.
+        aux_hidden_units (list[int]): hidden layers of the auxiliary-loss network. Default: ``[100, 50]``.
+        aux_activation (str): its activation. Default: ``"ReLU"``.
+        net_dropout (float): dropout of the DNN, the refiner and the extractor. Default: ``0``.
+        target_field (tuple or list): the target field(s), one per pair; a tuple is fields
+            concatenated. Default: ``("item_id", "cate_id")``.
+        sequence_field (tuple or list): the behaviour sequence field(s) paired with them.
+            Default: ``("click_history", "cate_history")``.
+        neg_seq_field (tuple or list): negative sequences for the auxiliary loss (ignored while
+            absent and the loss is off). Default: ``("neg_click_history", "neg_cate_history")``.
+        num_heads (int): interests (attention heads) per pair; must divide the pair's width.
+            Default: ``4``.
+        enable_sum_pooling (bool): add ``[sum(seq), target * sum(seq)]`` per pair. Default: ``False``.
+        attention_hidden_units (list[int]): hidden layers of the target-attention MLP.
+            Default: ``[80, 40]``.
+        attention_activation (str): its activation. Default: ``"ReLU"``.
+        attention_dropout (float): dropout of the attention weights and that MLP. Default: ``0``.
+        use_pos_emb (bool): concatenate a position embedding to the target. Default: ``True``.
+        pos_emb_dim (int): its width. Default: ``8``.
+        use_behavior_refiner (bool): self-attention refiner before the extractor. Default: ``True``.
+        refiner_additive_mask (bool): reproduce the reference refiner's additive ``+1`` mask
+            instead of applying the causal and padding mask. Default: ``False``.
+        aux_loss_lambda (float): weight of the auxiliary next-behaviour loss; 0 turns it off.
+            Default: ``0``.
+        batch_norm (bool): batch normalisation in the DNNs. Default: ``True``.
+        bn_only_once (bool): batch normalisation on the first DNN layer only. Default: ``False``.
+        layer_norm (bool): LayerNorm in the refiner and the extractor. Default: ``True``.
+        embedding_regularizer (str, float or None): regularizer of the embeddings. Default: ``None``.
+        net_regularizer (str, float or None): regularizer of the other weights. Default: ``None``.
+        **kwargs: FuxiCTR's ``BaseModel`` arguments (``optimizer`` and ``loss``, both required,
+            ``model_root``, ``metrics``, ``verbose``, ``monitor``, ``early_stop_patience``, ...)
+            and the training options ``embedding_update``, ``precision``, ``torch_compile``
+            (docs/models.md, Training options).
+    """
     def __init__(self,
                  feature_map,
                  model_id: str = "MultiTaskDMIN",
