@@ -14,13 +14,13 @@ BARS_DATASET_IDS = {"taobaoad": "taobaoad_x1", "amazon": "amazonelectronics_x1",
 BARS_DATASET_NAMES = {"taobaoad": "TaobaoAd_x1", "amazon": "AmazonElectronics_x1", "kuaivideo": "KuaiVideo_x1"}
 PAPER_DATASET_NAMES = {"taobaoad": "TaobaoAd", "amazon": "AmazonElectronics", "kuaivideo": "KuaiVideo"}
 
-# the VM training methods, in the paper's order, and the adapter control (SPEC.md, Controls):
+# the VM training methods, in the paper's order, and the adapter control (docs/method.md, The methods):
 # ah_sa with the Student Adapter frozen at its identity start
 PAPER_METHODS = ("none", "kd", "ah", "ah_sa")
 ADAPTER_CONTROL = "ah_sa_frozen"
 METHODS = PAPER_METHODS + (ADAPTER_CONTROL,)
 
-# how a VM is trained across days (SPEC.md, Streaming protocol): ``day`` = a fresh VM on day
+# how a VM is trained across days (docs/method.md, Streaming protocol): ``day`` = a fresh VM on day
 # 5+r only (the paper's public protocol); ``stream`` = one VM continued day by day in time order,
 # day d supervised by the FM snapshot trained through day d-1
 VM_SCHEDULES = ("day", "stream")

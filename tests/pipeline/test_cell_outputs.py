@@ -53,7 +53,7 @@ def test_each_vm_cell_has_params_log_losses_and_weights(run):
         for k in ("cell_id", "teacher", "student", "method", "seed", "round", "train_day", "test_day",
                   "vm_schedule", "label_scale", "grad_scale", "loss_weight", "dataset", "data_source"):
             assert params[k] == r[k], k
-        # the stream protocol: one pass a day over days 1..5+r (SPEC.md), the grid's batch size and size
+        # the stream protocol: one pass a day over days 1..5+r (docs/method.md, Streaming protocol), the grid's batch size and size
         assert params["train_days"] == list(range(1, r["train_day"] + 1))
         assert set(params["passes_per_day"].values()) == {1}
         assert params["batch_size"] == 256 and params["model_params"]["embedding_dim"] == 4
