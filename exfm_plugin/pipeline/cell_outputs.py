@@ -26,6 +26,7 @@ import yaml
 
 from ..contracts import SERVING_WEIGHTS
 from .artifacts import ArtifactStore
+from .grid import Grid
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def cell_log_lines(log_path: str | os.PathLike, cell_id: str) -> list[str]:
     return section[:end + 1]
 
 
-def _params(grid: Any, record: Mapping[str, Any], chain: list[Mapping[str, Any]]) -> dict[str, Any]:
+def _params(grid: Grid, record: Mapping[str, Any], chain: list[Mapping[str, Any]]) -> dict[str, Any]:
     """What ran, as one YAML document: the cell, the data, the schedule and the last link's spec."""
     last = chain[-1]["spec"]
     keep = ("grid", "cell_id", "kind", "dataset", "data_source", "teacher", "student", "method", "label_scale",
@@ -113,8 +114,8 @@ def _params(grid: Any, record: Mapping[str, Any], chain: list[Mapping[str, Any]]
             "fm_frozen_after_day", "fm_staleness_days", "vm_schedule", "feature_gap", "hparams", "snapshot_id",
             "embedding_update", "precision", "torch_compile")
     out: dict[str, Any] = {k: record[k] for k in keep if k in record}
-    out.update({"data_size": grid.size, "data_seed": getattr(grid, "data_seed", None),
-                "grid_seeds": getattr(grid, "seeds", None), "label": last.get("label"),
+    out.update({"data_size": grid.size, "data_seed": grid.data_seed, "grid_seeds": grid.seeds,
+                "label": last.get("label"),
                 "train_days": [int(m["spec"]["day"]) for m in chain],
                 "passes_per_day": {int(m["spec"]["day"]): int(m["spec"].get("passes", 1)) for m in chain},
                 "supervised_days": [int(m["spec"]["day"]) for m in chain if m["spec"].get("fm_column")],
@@ -135,7 +136,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_cell_outputs(results_dir: str | os.PathLike, grid: Any, record: Mapping[str, Any],
+def write_cell_outputs(results_dir: str | os.PathLike, grid: Grid, record: Mapping[str, Any],
                        store: ArtifactStore, log_path: str | os.PathLike) -> dict[str, Any]:
     """Write ``record``'s per-cell folder; returns the fields the record gains: ``outputs_dir``
     (relative to ``results_dir``), ``data_size`` and ``train_curve``. FM records get nothing (their
