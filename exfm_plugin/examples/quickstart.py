@@ -1,7 +1,8 @@
 """ExFM in 40 lines: a DCN teacher (FM) trained on days 1-4 labels day 5; an FM student (VM)
 trains on day 5 with each method and is tested on day 6. Synthetic TaobaoAd, no downloads.
 
-    python examples/quickstart.py [WORK_DIR] [--size N|tiny|small]
+    python -m exfm_plugin.examples.quickstart [WORK_DIR] [--size N|tiny|small]   (pip install)
+    python examples/quickstart.py [WORK_DIR] [--size N|tiny|small]                (a checkout)
 
 The default, 50,000 impressions (about 6,000 a day), is about the smallest at which the teacher
 learns (test AUC about 0.65; at `tiny`, 10,000, it is noise: 0.49); a minute or two on a CPU.

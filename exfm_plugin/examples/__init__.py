@@ -1,0 +1,7 @@
+"""Runnable examples, shipped in the wheel so a pip install has them too:
+
+    python -m exfm_plugin.examples.quickstart [WORK_DIR]           # the methods side by side
+    python -m exfm_plugin.examples.student_in_fuxictr [WORK_DIR]   # the student in your FuxiCTR code
+
+(``examples/*.py`` in a checkout run the same files.)
+"""
