@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..allocator import configure_allocator
 from .artifacts import ArtifactStore
+from .cell_outputs import results_dir_of, write_cell_outputs
 from .grid import Grid, GridError
 from .records import RecordWriter
 from .runner import ARTIFACT_KEYS, RunSummary, _record_base, cell_id, grid_jobs, run_job
@@ -200,6 +201,7 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
     runs: dict[str, StepRun] = {}
     errors: dict[str, str] = {}
     bar = tqdm(total=len(jobs), desc=f"grid {grid.name} (ray)", unit="cell", disable=not progress)
+    results = results_dir_of(writer.path)  # per-cell outputs go beside the records, as in-process
 
     def finish(i: int) -> None:
         kind, cell = jobs[i]
@@ -215,8 +217,11 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
                 failed = f"{type(exc).__name__}: {exc}"
             else:
                 own = sum(runs[k].seconds for k in graph.job_steps[i] if graph.steps[k].job == jobs[i])
-                writer.append({**record, **{k: v for k, v in measured.items() if k not in ARTIFACT_KEYS},
-                               "status": "ok", "error": None, "wall_time_s": own + time.perf_counter() - t0})
+                measured = {k: v for k, v in measured.items() if k not in ARTIFACT_KEYS}
+                measured.update(write_cell_outputs(results, grid, {**record, **measured}, ArtifactStore(store_root),
+                                                   results / "logs" / f"{grid.name}.log"))
+                writer.append({**record, **measured, "status": "ok", "error": None,
+                               "wall_time_s": own + time.perf_counter() - t0})
                 summary.ok += 1
         if failed is not None:
             writer.append({**record, "status": "failed", "error": failed})

@@ -82,6 +82,8 @@ def test_exact_adam_is_dense_adam_on_the_same_gradients(dtype, regularizer):
     stale = ~torch.isclose(we.detach(), wd.detach(), rtol=1e-3, atol=0).all(1)
     assert stale[list(RARE) + list(ONCE)].any()  # before the flush the skipped steps are missing
     assert torch.equal(we.detach()[[0, 13, 14, 15]], wd.detach()[[0, 13, 14, 15]])  # never touched
+    assert exact.state[we]["row_step"][[0, 13, 14, 15]].eq(0).all()  # and never caught up (no work)
+    assert exact.state[we]["row_step"][list(ONCE)].tolist() == list(ONCE.values())
     state = exact.state_dict()  # flushes
     torch.testing.assert_close(we.detach(), wd.detach(), **TOL[dtype])
     torch.testing.assert_close(be.detach(), bd.detach(), **TOL[dtype])
