@@ -84,8 +84,8 @@ def skipped_steps_delta(m0: torch.Tensor, v0: torch.Tensor, last: torch.Tensor, 
     a = lr * torch.pow(beta1, j) / (1 - torch.pow(beta1, s))
     a = a.masked_fill_(j > gap.to(torch.float64).unsqueeze(1), 0.0)  # rows with a shorter gap
     b = torch.pow(beta2, j / 2) / torch.sqrt(1 - torch.pow(beta2, s))
-    denom = b.to(m0.dtype).unsqueeze(2) * v0.sqrt().unsqueeze(1) + eps
-    return m0 * (a.to(m0.dtype).unsqueeze(2) / denom).sum(1).neg_()
+    inv_denom = (b.to(m0.dtype).unsqueeze(2) * v0.sqrt().unsqueeze(1)).add_(eps).reciprocal_()  # (n, terms, D)
+    return torch.bmm(a.to(m0.dtype).unsqueeze(1), inv_denom).squeeze(1).mul_(m0).neg_()
 
 
 class ExactAdam(LazyAdam):
