@@ -100,20 +100,32 @@ def _ran_params(spec: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def export_cell(record: dict[str, Any], out: str | os.PathLike) -> Exported:
-    """Write ``record``'s serving model, its configs and feature map into ``out`` (created)."""
+def _student_artifact(record: dict[str, Any], work: str | os.PathLike | None) -> str:
+    """The record's student artifact: as the record names it (relative to where the run ran), or
+    the same step in ``work`` (the run's ``--work`` folder) when given."""
+    from .pipeline.artifacts import ArtifactStore
+
+    if work is None:
+        return str(record["vm_artifact"])
+    named = Path(record["vm_artifact"])
+    return str(ArtifactStore(Path(work) / "artifacts").path(named.parent.name, named.name))
+
+
+def export_cell(record: dict[str, Any], out: str | os.PathLike, work: str | os.PathLike | None = None) -> Exported:
+    """Write ``record``'s serving model, its configs and feature map into ``out`` (created);
+    ``work``: the run's ``--work`` folder, when the export runs elsewhere than the run did."""
     from .pipeline.artifacts import ArtifactStore
 
     try:  # the student's link and its prepared data, read through the store
-        store, kind, key = ArtifactStore.locate(record["vm_artifact"])
+        store, kind, key = ArtifactStore.locate(_student_artifact(record, work))
         link = store.path(kind, key)
         spec = store.meta(kind, key)["spec"]
         prep = store.meta("prep", spec["prep"])
     except (FileNotFoundError, KeyError) as exc:
         raise InputError(f"the student artifact of cell {record['cell_id']} is gone ({exc})",
-                         where=str(record["vm_artifact"]),
-                         expected="the run's --work folder as it was (run export where the run ran, or rerun "
-                                  "the grid with the same --work folder)") from None
+                         where=_student_artifact(record, work),
+                         expected="the run's --work folder as it was (run export where the run ran or pass "
+                                  "--work, or rerun the grid with the same --work folder)") from None
     checkpoint = link / SERVING_WEIGHTS
     if not checkpoint.is_file():
         raise InputError(f"the student artifact of cell {record['cell_id']} has no {SERVING_WEIGHTS}",
@@ -190,7 +202,7 @@ def load_exported(folder: str | os.PathLike, expid: str | None = None, device: s
 def run_export(args) -> int:
     """CLI body of ``exfm export``."""
     record = find_record(args.records, args.cell)
-    done = export_cell(record, args.out)
+    done = export_cell(record, args.out, getattr(args, "work", None))
     print(f"exported cell {record['cell_id']} ({record['student']}, {record['method']}, teacher "
           f"{record['teacher']}, seed {record['seed']}) -> {done.checkpoint}")
     print(f"load it: exfm_plugin.load_exported({str(done.config_dir)!r}) -> (model, feature_map)")

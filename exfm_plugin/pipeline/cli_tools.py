@@ -25,12 +25,17 @@ def run_grids(args: argparse.Namespace) -> int:
 def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a cell's trained student as a plain FuxiCTR model",
                        description="Write the serving model of one VM cell (no heads, no adapter) as a "
-                                   "FuxiCTR checkpoint OUT/<expid>.model with OUT/model_config.yaml and "
-                                   "OUT/dataset_config.yaml, loadable with fuxictr.utils.load_config(OUT, expid).")
+                                   "self-contained FuxiCTR model folder: OUT/<expid>.model, OUT/model_config.yaml "
+                                   "(the params that ran), OUT/dataset_config.yaml and OUT/<dataset_id>/"
+                                   "feature_map.json; load it with exfm_plugin.load_exported(OUT) or "
+                                   "fuxictr.utils.load_config(OUT, expid) (docs/install.md).")
     p.add_argument("--records", nargs="+", required=True, metavar="PATH",
                    help="records .jsonl file(s) or result folders holding them")
     p.add_argument("--cell", required=True, metavar="CELL_ID", help="the cell's cell_id (a unique prefix)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--work", default=None, metavar="DIR",
+                   help="the run's --work folder (default: the artifact path the record names, relative to "
+                        "where the run ran)")
     p.set_defaults(func=_run_export)
 
 

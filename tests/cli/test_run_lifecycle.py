@@ -171,3 +171,22 @@ def test_export_is_a_folder_plain_fuxictr_loads_from_anywhere(world):
     assert result["cwd"] == str(elsewhere)
     for name, auc in result["auc"].items():
         assert auc == pytest.approx(record["metrics"]["AUC"], abs=1e-6), name
+
+
+def test_export_from_elsewhere_finds_the_run_with_work(world, tmp_path, monkeypatch, capsys):
+    """A record names its artifact relative to where the run ran (``--work work``); from another
+    folder the export says so in one line, and ``--work`` points it at the run's folder."""
+    from exfm_plugin.cli import main
+
+    tmp, _, reference = world
+    record = next(r for r in reference.values() if r["kind"] == "vm" and r["method"] == "kd")
+    artifact = Path(record["vm_artifact"])
+    relative = dict(record, vm_artifact=str(Path("work") / "artifacts" / artifact.parent.name / artifact.name))
+    (tmp_path / "records.jsonl").write_text(json.dumps(relative) + "\n")
+    monkeypatch.chdir(tmp_path)
+    argv = ["export", "--records", "records.jsonl", "--cell", record["cell_id"], "--out", "model"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and record["cell_id"] in err and "--work" in err
+    assert main(argv + ["--work", str(tmp / "ref" / "work")]) == 0
+    assert len(list((tmp_path / "model").glob("*.model"))) == 1
