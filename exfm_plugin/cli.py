@@ -155,7 +155,7 @@ def _reject_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, e
 def _interrupted_text(exc: KeyboardInterrupt) -> str:
     """What an interrupted command says: a run names how far it got (pipeline.cli.RunInterrupted)."""
     text = str(exc).strip()
-    return text if text else "interrupted; rerun the same command to resume (finished steps are kept)"
+    return text if text else "interrupted (Ctrl-C); rerun the same command"
 
 
 def _command_name(args: argparse.Namespace) -> str:

@@ -141,3 +141,16 @@ def test_run_gpu_minus_1_trains_on_the_cpu(tmp_path, monkeypatch):
                                     "tuner_space": {"teacher": "DCN", "student": "FM", "method": "none"}}))
     assert main(["run", "--grid", str(path), "--gpu", "-1", "--no-progress"]) == 0
     assert seen == {"device": "cpu"}
+
+
+def test_ctrl_c_in_any_command_is_one_line_exit_130(monkeypatch, capsys):
+    """Outside a grid run (whose line names k/n cells: test_run_lifecycle.py) Ctrl-C still ends
+    in one line and the shell's 128 + SIGINT, never a KeyboardInterrupt traceback."""
+    import exfm_plugin.pipeline.cli_tools as cli_tools
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_tools, "run_grids", interrupted)
+    assert main(["grids"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "exfm grids: interrupted (Ctrl-C); rerun the same command"
