@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from exfm_plugin.contracts import SIZES, SOURCES, day_file_name
+from exfm_plugin.contracts import SIZES, SOURCES, day_file_name, truth_column
 from exfm_plugin.errors import InputError
 from exfm_plugin.fsutil import atomic_dir, atomic_file, sweep_stale_temps
 
@@ -162,12 +162,14 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
 
 def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, seed: int = 0,
             size: str | int = "tiny", vocab_policy: str | Iterable[int] | None = None,
-            dataset_id: str | None = None, drift: float = 1.0, drop_duplicates: bool = False) -> PrepSummary:
+            dataset_id: str | None = None, drift: float = 1.0, drop_duplicates: bool = False,
+            domain_shift: float = 0.0) -> PrepSummary:
     """Prepare ``dataset`` from ``source`` files into 8 HDF5 day files under ``out_dir``.
 
     ``source="synthetic"`` first writes raw-format files with ``data_prep.synthetic``
     (into ``input_dir`` if given, else ``<out_dir>/raw/<dataset>``), then reads them with
-    the same reader as real files. ``vocab_policy``: see :mod:`data_prep.encoding`.
+    the same reader as real files, and every day file gets the world's true probability of each
+    row (``contracts.truth_column``, read by no model). ``vocab_policy``: see :mod:`data_prep.encoding`.
     Doubtful rows (outside the time window, exact duplicates) follow :mod:`data_prep.policies`.
     Bad input of any kind raises :class:`exfm_plugin.errors.ExfmInputError` before anything
     is written.
@@ -189,12 +191,15 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
     dataset_id = dataset_id or f"{dataset}_{source}"
     out = check_out_dir(out_dir)
     fmt = source
+    world = None
     if source == "synthetic":
-        from .synthetic import generate_raw
+        from .synthetic import make_world, write_raw
 
         raw_dir = Path(input_dir) if input_dir else out / "raw" / dataset
-        logger.info("writing synthetic %s raw files (size=%s, seed=%d) to %s", dataset, size, seed, raw_dir)
-        generate_raw(dataset, str(raw_dir), size=size, seed=seed, drift=drift)
+        logger.info("writing synthetic %s raw files (size=%s, seed=%d, drift=%g, domain_shift=%g) to %s", dataset,
+                    size, seed, drift, domain_shift, raw_dir)
+        world = make_world(dataset, size, seed, drift, domain_shift)
+        write_raw(world, str(raw_dir))
         input_dir, fmt = str(raw_dir), SYNTHETIC_FORMAT[dataset]
     elif dataset == "kuaivideo":
         fmt = "bars"  # BARS KuaiVideo_x1 is the only public form of KuaiVideo
@@ -207,6 +212,11 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
     split = assign_days(result)
     frame = result.frame.with_columns(pl.Series("day", split.day, dtype=pl.Int8),
                                       pl.Series("example_id", np.arange(result.frame.height, dtype=np.int64)))
+    if world is not None:
+        from .synthetic.truth import truth_by_label
+
+        truth = truth_by_label(world, frame, result.labels)
+        frame = frame.with_columns(*(pl.Series(truth_column(k), v, dtype=pl.Float64) for k, v in truth.items()))
     domains = None
     if dataset == "taobaoad":
         domains = domain_info(frame)
@@ -256,6 +266,9 @@ def prepare(dataset: str, source: str, input_dir: str | None, out_dir: str, *, s
             cols["time"] = df["time"].to_numpy().astype(np.int64)
             if "domain" in df.columns:
                 cols["domain"] = df["domain"].to_numpy()
+            for label in result.labels:
+                if truth_column(label) in df.columns:
+                    cols[truth_column(label)] = df[truth_column(label)].to_numpy()
             tr = (int(df["time"].min()), int(df["time"].max())) if df.height else None
             time_ranges.append(list(tr) if tr else None)
             attrs = {"source": source, "reader_format": fmt, "time_kind": result.time_kind,

@@ -56,25 +56,33 @@ from .taobao import TaobaoWorld
 World = TaobaoWorld | AmazonWorld | KuaiVideoWorld
 
 __all__ = ["IMPRESSIONS_PER_SIZE", "AmazonWorld", "KuaiVideoWorld", "TaobaoWorld", "World", "generate_bars",
-           "generate_raw", "make_world"]
+           "generate_raw", "make_world", "write_raw"]
 
 
-def make_world(dataset: str, size: str | int = "tiny", seed: int = 0, drift: float = 1.0) -> World:
+def make_world(dataset: str, size: str | int = "tiny", seed: int = 0, drift: float = 1.0,
+               domain_shift: float = 0.0) -> World:
     """The hidden world behind a synthetic dataset; ``world.simulate()`` draws the logs once
-    (cached) and ``world.true_prob(frame)`` gives the true probability of generated rows."""
+    (cached) and ``world.true_prob(frame)`` gives the true probability of generated rows.
+    ``drift`` (freshness) and ``domain_shift`` (cross-domain bias, TaobaoAd only) are the
+    world's dials (:mod:`data_prep.synthetic.taobao`)."""
     dataset = check_dataset(dataset)
     if drift < 0:
         raise ValueError(f"drift must be >= 0, got {drift}")
+    if domain_shift < 0:
+        raise ValueError(f"domain_shift must be >= 0, got {domain_shift}")
+    if domain_shift and dataset != "taobaoad":
+        raise ValueError(f"domain_shift={domain_shift} is defined for taobaoad (its 3 user-level domains), "
+                         f"not {dataset}; expected 0")
     n = resolve_size(dataset, size)
     if dataset == "taobaoad":
-        return TaobaoWorld(n, seed=seed, drift=drift)
+        return TaobaoWorld(n, seed=seed, drift=drift, domain_shift=domain_shift)
     if dataset == "amazon":
         return AmazonWorld(n, seed=seed, drift=drift)
     return KuaiVideoWorld(n, seed=seed, drift=drift)
 
 
 def generate_raw(dataset: str, out_dir: str, *, size: str | int = "tiny", seed: int = 0, drift: float = 1.0,
-                 with_truth: bool = False) -> dict[str, str]:
+                 with_truth: bool = False, domain_shift: float = 0.0) -> dict[str, str]:
     """Write the raw public files of ``dataset`` into out_dir; returns {name: path}.
 
     taobaoad: raw_sample.csv, ad_feature.csv, user_profile.csv, behavior_log.csv.
@@ -83,7 +91,11 @@ def generate_raw(dataset: str, out_dir: str, *, size: str | int = "tiny", seed: 
     ``with_truth`` adds ground_truth.parquet (row order of the main file + true probabilities).
     Same arguments give byte-identical files.
     """
-    world = make_world(dataset, size, seed, drift)
+    return write_raw(make_world(dataset, size, seed, drift, domain_shift), out_dir, with_truth=with_truth)
+
+
+def write_raw(world: World, out_dir: str, *, with_truth: bool = False) -> dict[str, str]:
+    """The raw public files of an existing world (kept by the caller to compute the truth)."""
     if isinstance(world, KuaiVideoWorld):
         return world.write(out_dir, with_truth=with_truth)
     return world.write_raw(out_dir, with_truth=with_truth)

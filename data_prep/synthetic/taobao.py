@@ -8,12 +8,24 @@ Hidden click model of an impression (user u, ad a, Beijing day d, placement pid)
           + W_age[age, cate_group] + W_gender[gender, cate_group]             (profile x ad crosses)
           + W_pid[pid, price_bucket] + 0.2 (pvalue-2)(price_bucket-2)
           + gamma[level] * [cate(a) in intents(u, d)] + 0.5 * [brand(a) in intent brands(u, d)]
+          + domain_shift * (A_dom[a, dom(u)] + C_dom[cate(a), dom(u)])                (cross-domain bias)
 
 ``intents(u, d)`` are two categories (with a brand each) the user is shopping for on day d;
 half of them carry over to the next day. They drive 55% of the user's behaviour-log rows and
 30% of the ads the user is shown, so only a model that reads the behaviour sequence sees them.
 ``P_u`` is built from the user's favourite categories, its city level (the domains of Table 4)
 and noise; ``Q_a`` from the ad's category, brand and its own noise.
+
+The cross-domain bias dial ``domain_shift`` (0 = off, the world of earlier versions). A domain
+``dom(u)`` is a group of ``new_user_class_level`` values: blank / level 2 / levels 1, 3, 4, the
+three near-equal segments that ``data_prep.splits.domain_info`` finds (Table 4). Each domain has
+its own taste for every ad and category, drawn independently per domain: ``A_dom[a, k] ~ N(0, 0.6)``
+and ``C_dom[c, k] ~ N(0, 0.4)``. One model shared by the domains fits an ad's or a category's
+effect with one parameter; the three domains pull it three independent ways, so a shared table
+learns their average and is off by the domain's own part in every domain, unless it learns a
+level x ad cross from data (which a sparse ad's few rows do not support). A domain-only model
+fits its own domain's effect directly. The draws come from their own random stream, so every
+other part of the world (users, ads, intents, labels' uniforms) is the same at every dial value.
 """
 from __future__ import annotations
 
@@ -36,6 +48,7 @@ BTAGS = np.array(["pv", "cart", "fav", "buy"])   # as written in the real behavi
 BTAG_CODE = {"pv": 1, "cart": 2, "fav": 3, "buy": 4}  # integer codes of the BARS file
 TARGET_CTR = 0.051
 K = 8
+N_DOMAINS = 3
 
 RAW_SAMPLE_COLS = ["user", "time_stamp", "adgroup_id", "pid", "nonclk", "clk"]
 AD_FEATURE_COLS = ["adgroup_id", "cate_id", "campaign_id", "customer", "brand", "price"]
@@ -57,10 +70,12 @@ class TaobaoWorld:
     seed: int = 0
     drift: float = 1.0
     behaviour_ratio: float = 3.0
+    domain_shift: float = 0.0
     _sim: dict | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        rng = child_rngs(self.seed, ["ents", "latent", "drift", "intent", "imps", "behav", "labels", "ids"])
+        rng = child_rngs(self.seed, ["ents", "latent", "drift", "intent", "imps", "behav", "labels", "ids",
+                                     "domain_shift"])
         self._rng = rng
         n = self.n_impressions
         self.n_users = max(300, round(n / 22))
@@ -74,6 +89,7 @@ class TaobaoWorld:
         self._build_drift(rng["drift"])
         self._build_intents(rng["intent"])
         self._build_ids(rng["ids"])
+        self._build_domain_shift(rng["domain_shift"])
 
     # ------------------------------------------------------------------ hidden world
     def _build_entities(self, r: np.random.Generator) -> None:
@@ -115,8 +131,8 @@ class TaobaoWorld:
             m = group == g
             pref = self.cate_w * np.exp(r.normal(0, 1.0, nc))
             self.favs[m] = weighted_choice(pref, int(m.sum()) * 5, r).reshape(-1, 5)
-        # domains: blank / level 2 / levels 1,3,4 (the paper's 3 near-equal domains)
-        self.domain = np.select([self.level == 0, self.level == 3], [0, 1], 2)
+        # domains: blank / level 2 / levels 1,3,4 (the 3 near-equal segments of Table 4)
+        self.domain = np.select([self.level == 0, self.level == 2], [0, 1], 2)
 
     def _build_latent(self, r: np.random.Generator) -> None:
         nu, na, nc, nb = self.n_users, self.n_ads, self.n_cate, self.n_brand
@@ -152,6 +168,11 @@ class TaobaoWorld:
         self.ad_start = np.where(new_a, r.integers(1, N_DAYS, na), 0)
         ends = r.random(na) < min(0.4, 0.2 * d)
         self.ad_end = np.where(ends, r.integers(self.ad_start + 1, N_DAYS + 1), N_DAYS)
+
+    def _build_domain_shift(self, r: np.random.Generator) -> None:
+        """Each domain's own taste for every ad and category (scaled by ``domain_shift``)."""
+        self.A_dom = r.normal(0, 0.6, (self.n_ads, N_DOMAINS))
+        self.C_dom = r.normal(0, 0.4, (self.n_cate, N_DOMAINS))
 
     def _build_intents(self, r: np.random.Generator) -> None:
         """Two shopping intents per user and day over the 22 days of the behaviour log."""
@@ -197,7 +218,8 @@ class TaobaoWorld:
                 + self.W_gender[self.gender[u], self.cate_group[c]]
                 + self.W_pid[pid, pb] + self.pid_bias[pid]
                 + np.where(pv > 0, 0.2 * (pv - 2) * (pb - 2), 0.0)
-                + self.intent_gamma[self.level[u]] * cate_hit + 0.5 * brand_hit)
+                + self.intent_gamma[self.level[u]] * cate_hit + 0.5 * brand_hit
+                + self.domain_shift * (self.A_dom[a, self.domain[u]] + self.C_dom[c, self.domain[u]]))
 
     def true_prob(self, frame: pl.DataFrame) -> np.ndarray:
         """True click probability of raw_sample rows (columns user, time_stamp, adgroup_id, pid)."""

@@ -71,3 +71,21 @@ def fm_pred_column(label: str | None = None, multitask: bool = False) -> str:
     if not label:
         raise ValueError("a multi-task FM's prediction column needs the label it predicts")
     return f"{FM_PRED}/{label}"
+
+# the synthetic world's true probability of a row, in a day-file column of its own that no model
+# reads (feature maps never name it): the oracle row of every synthetic test day
+TRUE_PROB = "true_prob"
+
+
+def truth_column(label: str) -> str:
+    """The day-file column holding the world's true P(``label`` = 1) (synthetic data only)."""
+    return f"{TRUE_PROB}/{label}"
+
+# a grid file whose world dials are lists (a dose-response) runs one grid per level, named
+# ``<grid>@<dial>=<value>[,...]``; the report reads such levels along their dial
+WORLD_LEVEL_SEPARATOR = "@"
+
+
+def base_grid_name(name: str) -> str:
+    """The grid file's name of a level's name (``science_bias@domain_shift=0.5`` -> ``science_bias``)."""
+    return name.split(WORLD_LEVEL_SEPARATOR, 1)[0]

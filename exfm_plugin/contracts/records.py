@@ -86,6 +86,11 @@ class _Base(BaseModel):
     ne_base_rate: Probability | None = None
     metrics: Metrics | None = None
     constant: Constant | None = None
+    # the world's true probability scored on the same rows (synthetic data only): the ceiling
+    oracle: Metrics | None = None
+    # the synthetic world's dials (drift, domain_shift); None on real data
+    world: dict[str, Finite] | None = None
+    data_seed: int | None = None
     calibration_bins: list[list[float]] | None = None
     train_samples_per_s: Finite | None = None
     eval_samples_per_s: Finite | None = None

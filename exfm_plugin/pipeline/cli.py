@@ -90,7 +90,7 @@ def resolve_device(device: str | None, gpu: int | None) -> str:
 
 def run_run(args: argparse.Namespace) -> int:
     """CLI body of ``exfm run``; bad input raises GridError, which ``exfm_plugin.cli.main`` prints."""
-    from .grid import GridError, load_grid
+    from .grid import GridError, load_grids
     from .runner import check_device
 
     # every grid is validated, and the device checked, before any work starts
@@ -101,8 +101,9 @@ def run_run(args: argparse.Namespace) -> int:
     if args.engine != "ray" and (args.address or args.workers):
         raise GridError("--address and --workers are options of --engine ray")
     check_device(args.device)
-    grids = [load_grid(path, seeds=args.seeds, data_root=args.data_root, size=args.size,
-                       vm_schedule=args.vm_schedule) for path in args.grid]
+    grids = [grid for path in args.grid  # a file with world dial lists gives one grid per level
+             for grid in load_grids(path, seeds=args.seeds, data_root=args.data_root, size=args.size,
+                                    vm_schedule=args.vm_schedule)]
     if args.threads is not None:
         import torch
 

@@ -28,7 +28,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, Stri
 from data_prep.readers import REAL_FILES  # files a real data root must hold: the readers' own names
 
 from ..contracts import (BARS_DATASET_IDS, DATASETS, FM_TRAINING, METHODS, ROUNDS, SIZES, SOURCES, VM_SCHEDULES,
-                         test_day, train_day)
+                         WORLD_LEVEL_SEPARATOR, test_day, train_day)
 from ..distill.config import DISTILL_FIELDS, DistillConfig
 from ..errors import ExfmInputError, check_choice
 from ..models import MODEL_REGISTRY
@@ -186,6 +186,25 @@ class TunerBlock(BaseModel):
         return {k: values[k] for k in self._order if k in values}
 
 
+class WorldDials(BaseModel):
+    """The synthetic world's dials (``data_prep.synthetic``): ``drift``, the strength of the daily
+    random walks and of users/ads joining and leaving (the freshness gap: 0 = stationary), and
+    ``domain_shift``, the strength of each TaobaoAd domain's own taste for ads and categories
+    (cross-domain bias: 0 = none). Part of the prep step's key and of every record."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    drift: Number = 1.0
+    domain_shift: Number = 0.0
+
+    @field_validator("drift", "domain_shift")
+    @classmethod
+    def _non_negative(cls, v, info):
+        if v < 0:
+            raise ValueError(f"world.{info.field_name}={v!r} must be >= 0 (0 turns the gap off)")
+        return v
+
+
 class Grid(BaseModel):
     """A validated grid file."""
 
@@ -197,7 +216,7 @@ class Grid(BaseModel):
     source: Literal[SOURCES] = "synthetic"  # type: ignore[valid-type]
     real_source: Literal["raw", "bars"] = "raw"
     size: Union[StrictStr, StrictInt] = "tiny"
-    drift: Number = 1.0
+    world: WorldDials = Field(default_factory=WorldDials)
     data_seed: StrictInt = 0
     mode: Literal[MODES] = "single"  # type: ignore[valid-type]
     rounds: list[StrictInt] = Field(default_factory=lambda: [0])
@@ -254,6 +273,9 @@ class Grid(BaseModel):
             _check_choices("size", self.size, SIZES)
         if isinstance(self.size, int) and self.size < 1:
             raise ValueError(f"size={self.size!r} must be a number of impressions >= 1 or one of {list(SIZES)}")
+        if self.world.domain_shift and self.dataset != "taobaoad":
+            raise ValueError(f"world.domain_shift={self.world.domain_shift!r} is defined for taobaoad (its user-level "
+                             f"domains), not {self.dataset}; expected 0")
         if self.mode == "domains" and self.dataset != "taobaoad":
             raise ValueError(f"mode 'domains' is defined for taobaoad (new_user_class_level), not {self.dataset}")
         if self.mode == "tasks" and self.dataset != "kuaivideo":
@@ -374,16 +396,73 @@ def _read_yaml(path: str) -> dict:
     return raw
 
 
+LEVEL_KEYS = ("drift", "domain_shift", "data_seed")  # what a grid file may give as a list of levels
+
+
+def grid_levels(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The levels a grid file asks for: its world dials and its ``data_seed`` given as lists (a
+    dose-response, ``world: {domain_shift: [0, 0.5, 1]}``; several worlds, ``data_seed: [0, 1]``)
+    are crossed like tuner_space keys, scalars fixed. Each level is ``{"world": ..., "data_seed":
+    ..., "varied": {key: value}}``; a file without lists has one level with nothing varied."""
+    world = raw.get("world")
+    world = dict(world) if isinstance(world, dict) else world
+    axes: dict[str, list] = {}
+    if isinstance(world, dict):
+        axes.update({k: v for k, v in world.items() if isinstance(v, list)})
+    if isinstance(raw.get("data_seed"), list):
+        axes["data_seed"] = raw["data_seed"]
+    levels = []
+    for values in itertools.product(*axes.values()):
+        varied = dict(zip(axes, values))
+        level_world = {k: varied.get(k, v) for k, v in world.items()} if isinstance(world, dict) else world
+        levels.append({"world": level_world, "data_seed": varied.get("data_seed", raw.get("data_seed", 0)),
+                       "varied": varied})
+    return levels
+
+
+def level_name(grid: str, varied: Mapping[str, Any]) -> str:
+    """``science_bias@domain_shift=0.5``: a grid's name at one level of what it varies."""
+    if not varied:
+        return grid
+    return grid + WORLD_LEVEL_SEPARATOR + ",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                                                   for k, v in varied.items())
+
+
+def load_grids(path: str, **overrides: Any) -> list[Grid]:
+    """Every level of a grid file (:func:`grid_levels`), each a :class:`Grid` named by
+    :func:`level_name`; a file without lists gives one grid. ``overrides`` as :func:`load_grid`."""
+    try:
+        resolved = resolve_grid(path)
+    except FileNotFoundError as exc:
+        raise GridError(str(exc)) from None
+    raw = _read_yaml(resolved)
+    levels = grid_levels(raw)
+    if len(levels) == 1 and not levels[0]["varied"]:
+        return [load_grid(path, **overrides)]
+    name = str(raw.get("grid", Path(resolved).stem))
+    return [_load(resolved, raw, **overrides, level={"world": lv["world"], "data_seed": lv["data_seed"],
+                                                     "name": level_name(name, lv["varied"])})
+            for lv in levels]
+
+
 def load_grid(path: str, *, seeds: int | None = None, data_root: str | None = None,
               size: str | int | None = None, vm_schedule: str | None = None) -> Grid:
     """Read and validate a grid file (a path, or a shipped grid's name such as ``table2``);
     ``seeds`` (a count), ``data_root``, the synthetic ``size`` and ``vm_schedule`` (for every
-    cell) override it."""
+    cell) override it. A file whose world dials are lists has several levels: :func:`load_grids`."""
     try:
         path = resolve_grid(path)
     except FileNotFoundError as exc:
         raise GridError(str(exc)) from None
     raw = _read_yaml(path)
+    if any(lv["varied"] for lv in grid_levels(raw)):
+        raise GridError(f"{path}: world dials or data_seed given as lists make several grids (a dose-response "
+                        f"or several worlds); load them with load_grids")
+    return _load(path, raw, seeds=seeds, data_root=data_root, size=size, vm_schedule=vm_schedule)
+
+
+def _load(path: str, raw: dict, *, seeds: int | None = None, data_root: str | None = None,
+          size: str | int | None = None, vm_schedule: str | None = None, level: dict | None = None) -> Grid:
     unknown = sorted(set(raw) - FILE_KEYS)
     if unknown:
         raise GridError(f"{path}: unknown grid key(s) {unknown}; known: {sorted(FILE_KEYS)}")
@@ -391,6 +470,10 @@ def load_grid(path: str, *, seeds: int | None = None, data_root: str | None = No
         raise GridError(f"{path}: a grid needs 'dataset' and 'tuner_space'")
     kwargs = dict(raw)
     kwargs["name"] = kwargs.pop("grid", Path(path).stem)
+    if level is not None:  # one level of a file that varies its world or data_seed
+        kwargs["name"], kwargs["data_seed"] = level["name"], level["data_seed"]
+        if level["world"] is not None:
+            kwargs["world"] = level["world"]
     raw_seeds = raw.get("seeds", [0])
     kwargs["seeds"] = list(range(seeds)) if seeds else \
         (list(range(raw_seeds)) if isinstance(raw_seeds, int) and not isinstance(raw_seeds, bool)

@@ -24,7 +24,7 @@ from .grid import Cell, Grid, GridError, expand_cells
 from .logging_run import metrics_line, run_log, run_logging
 from .records import RecordWriter
 from .stages import (Context, PreparedData, all_labels, bars_params, das_stage, day_label_mean, domain_day_file,
-                     fm_eval_stage, fm_stage, prep_stage, training_options)
+                     fm_eval_stage, fm_stage, oracle_metrics, prep_stage, training_options)
 from .vm_stages import DayInput, vm_eval_stage, vm_link_stage
 
 logger = logging.getLogger(__name__)
@@ -115,8 +115,15 @@ def run_cell(ctx: Context, prep: PreparedData, cell: Cell) -> dict:
         snapshot_id = snapshot or snapshot_id
     link = vm_link_stage(ctx, prep, cell, label, inputs)
     test_file, _ = _unit_files(ctx, prep, cell, cell.test_day)
-    result = vm_eval_stage(ctx, prep, cell, label, link, test_file, ne_base_rate(ctx, prep, cell))
-    return {**result, "snapshot_id": snapshot_id}
+    base_rate = ne_base_rate(ctx, prep, cell)
+    result = vm_eval_stage(ctx, prep, cell, label, link, test_file, base_rate)
+    return {**result, "snapshot_id": snapshot_id, "oracle": test_day_oracle(ctx, test_file, label, base_rate)}
+
+
+def test_day_oracle(ctx: Context, test_file: str, label: str, base_rate: float) -> dict | None:
+    """The oracle row of a test day (the world's truth, synthetic data only), once per process."""
+    return ctx.memo(("oracle", os.path.abspath(test_file), label, base_rate),
+                    lambda: oracle_metrics(test_file, label, base_rate))
 
 
 def run_fm_record(ctx: Context, prep: PreparedData, cell: Cell) -> dict:
@@ -124,7 +131,9 @@ def run_fm_record(ctx: Context, prep: PreparedData, cell: Cell) -> dict:
     label = _label(prep, cell)
     test_file, _ = _unit_files(ctx, prep, cell, cell.test_day)
     fm = fm_stage(ctx, prep, cell.teacher, cell.seed, cell.fm_through_day)
-    return {**fm_eval_stage(ctx, fm, test_file, label, ne_base_rate(ctx, prep, cell)), "snapshot_id": fm.snapshot_id,
+    base_rate = ne_base_rate(ctx, prep, cell)
+    return {**fm_eval_stage(ctx, fm, test_file, label, base_rate), "snapshot_id": fm.snapshot_id,
+            "oracle": test_day_oracle(ctx, test_file, label, base_rate),
             **training_options(bars_params(ctx, prep, cell.teacher, cell.seed))}
 
 
@@ -139,18 +148,21 @@ def _record_base(grid: Grid, prep: PreparedData, cell: Cell, kind: str) -> dict:
         "fm_frozen_after_day": cell.fm_frozen_after_day,
         "fm_staleness_days": cell.train_day - 1 - cell.fm_through_day,
         "vm_schedule": cell.vm_schedule, "feature_gap": list(cell.feature_gap),
+        "world": grid.world.model_dump() if grid.effective_source == "synthetic" else None,
+        "data_seed": grid.data_seed if grid.effective_source == "synthetic" else None,
         **({"hparams": dict(cell.hparams)} if cell.hparams and kind == "vm" else {}),
     }
 
 
 def grid_jobs(grid: Grid) -> list[tuple[str, Cell]]:
     """Every record the grid produces, as (kind, cell): one per VM cell, then one per FM (teacher,
-    seed, round, freeze day, unit, schedule) that labels a VM; both engines run this list."""
+    seed, round, freeze day, unit, schedule) that a VM is paired with (the teacher margin is a
+    premise of every pairing, ``none`` included); both engines run this list."""
     cells = expand_cells(grid)
     fm_cells = list({(c.teacher, c.seed, c.round, c.fm_frozen_after_day, c.domain, c.task, c.vm_schedule):
                      Cell(c.teacher, "", "fm", 1.0, 1.0, 1.0, c.round, c.seed, c.fm_frozen_after_day,
                           c.domain, c.task, vm_schedule=c.vm_schedule)
-                     for c in cells if c.method != "none"}.values())
+                     for c in cells}.values())
     return [("vm", c) for c in cells] + [("fm", c) for c in fm_cells]
 
 

@@ -22,7 +22,7 @@ from fuxictr.features import FeatureMap
 from tqdm import tqdm
 
 from ..config import build_model, load_experiment
-from ..contracts import DAYS, day_file_name, fm_pred_column
+from ..contracts import DAYS, day_file_name, fm_pred_column, truth_column
 from ..data import H5DataLoader, read_day_attrs, read_day_columns, write_day_file
 from ..data.dayfile import column_names, extra_attrs
 from ..metrics import binary_entropy, evaluate_metrics, logloss
@@ -83,7 +83,7 @@ def prep_stage(ctx: Context) -> PreparedData:
     source = grid.effective_source
     spec = {"dataset": grid.dataset, "source": source, "data_seed": grid.data_seed}
     if source == "synthetic":
-        spec.update(size=grid.size, drift=grid.drift)
+        spec.update(size=grid.size, world=grid.world.model_dump(), truth=1)
     else:
         spec["data_root"] = os.path.abspath(grid.data_root)
 
@@ -92,7 +92,7 @@ def prep_stage(ctx: Context) -> PreparedData:
 
         summary = prepare(grid.dataset, source, grid.data_root if source != "synthetic" else None, str(tmp),
                           seed=grid.data_seed, size=grid.size if source == "synthetic" else "tiny",
-                          drift=grid.drift)
+                          drift=grid.world.drift, domain_shift=grid.world.domain_shift)
         return {"data_dir": os.path.relpath(summary.data_dir, tmp), "dataset_id": summary.dataset_id}
 
     def run() -> PreparedData:
@@ -295,7 +295,7 @@ def das_stage(ctx: Context, fm: FMSnapshot, day: int, vms: dict[str, tuple[str, 
     """The FM-augmented split of ``day`` for every VM (name -> (day file, tasks)), through
     the Data Augmentation Service with the FM's snapshot pinned: stage 1 predicts the union of
     the VMs' rows once, stage 2 writes each VM's split."""
-    from ..das.augmenter import AugmentJob, VMSpec, run_worker
+    from ..das.augment import AugmentJob, VMSpec, run_worker
     from ..das.metastore import open_metastore
     from ..das.spd import SnapshotStore
 
@@ -307,7 +307,7 @@ def das_stage(ctx: Context, fm: FMSnapshot, day: int, vms: dict[str, tuple[str, 
                          str(tmp / "out"), day)
         engine = None
         if ctx.engine == "ray":
-            from ..das.engines import RayEngine
+            from ..das.augment import RayEngine
 
             engine = lambda loaded: RayEngine(fm.spd_root, fm.snapshot_id, num_workers=2)  # noqa: E731
         with open_metastore(f"sqlite:///{tmp / 'das.db'}") as store:
@@ -336,6 +336,17 @@ def constant_metrics(y: np.ndarray, base_rate: float) -> dict[str, float]:
     """The constant predictor at the common normaliser's rate, scored on the same rows."""
     value = logloss(y, np.full(len(y), base_rate))
     return {"logloss": value, "NE": value / binary_entropy(base_rate)}
+
+
+def oracle_metrics(path: str, label: str, base_rate: float) -> dict[str, Any] | None:
+    """The world's true probability scored like a model on the same rows (the ceiling of a
+    synthetic test day); None where the day file has no truth column (real data)."""
+    column = truth_column(label)
+    if column not in column_names(read_day_attrs(path)):
+        return None
+    y, group = labels_and_groups(path, label)
+    truth = read_day_columns(path, [column])[column].astype(np.float64)
+    return evaluate_predictions(y, truth, group, base_rate)["metrics"]
 
 
 def labels_and_groups(path: str, label: str) -> tuple[np.ndarray, np.ndarray | None]:

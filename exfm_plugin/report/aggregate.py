@@ -15,7 +15,7 @@ import polars as pl
 
 from ..contracts import METHODS
 from .compare import GAIN_METRICS, SeedIndex, compare
-from .load import METRICS, THROUGHPUT
+from .load import METRICS, ORACLE_COLUMNS, THROUGHPUT
 
 # What identifies an aggregated cell: everything but the seed and the per-run ids.
 CELL_KEY = ("grid", "kind", "dataset", "data_source", "vm_schedule", "embedding_update", "feature_gap",
@@ -44,11 +44,13 @@ def aggregate(records: pl.DataFrame) -> pl.DataFrame:
     for m in METRICS:
         aggs += [pl.col(m).mean().alias(f"{m}_mean"), pl.col(m).std(ddof=1).alias(f"{m}_std"),
                  pl.col(m).count().alias(f"{m}_n")]
+    aggs += [pl.col(c).mean().alias(f"{c}_mean") for c in ORACLE_COLUMNS]
     aggs += [pl.col("ne_base_rate").mean().alias("ne_base_rate"),
              pl.col("constant_logloss").mean().alias("constant_logloss"),
              pl.col("constant_NE").mean().alias("constant_NE"),
              (pl.col("logloss") < pl.col("constant_logloss")).sum().cast(pl.Int64).alias("seeds_beating_constant"),
-             pl.col("train_rows").mean().alias("train_rows_mean")]
+             pl.col("train_rows").mean().alias("train_rows_mean"),
+             pl.col("vm_artifact").drop_nulls().unique().sort().str.join(";").alias("artifacts")]
     aggs += [pl.col(t).mean().alias(f"{t}_mean") for t in THROUGHPUT]
     cells = ok.group_by(list(CELL_KEY), maintain_order=True).agg(aggs)
     cells = cells.with_columns(
@@ -83,7 +85,8 @@ def _with_gains(cells: pl.DataFrame, index: SeedIndex) -> pl.DataFrame:
 
 def constants(records: pl.DataFrame) -> pl.DataFrame:
     """The constant predictor of each test day and unit: its normaliser, log loss and NE (means
-    over the unit's ok records) and their spread (max − min; 0 when every record agrees)."""
+    over the unit's ok records) and their spread (max − min; 0 when every record agrees), and the
+    oracle (the world's truth on the same rows; null on real data)."""
     ok = ok_rows(records)
     if ok.is_empty():
         return pl.DataFrame()
@@ -91,7 +94,8 @@ def constants(records: pl.DataFrame) -> pl.DataFrame:
         pl.col("ne_base_rate").mean(), pl.col("constant_logloss").mean(), pl.col("constant_NE").mean(),
         (pl.col("constant_logloss").max() - pl.col("constant_logloss").min()).alias("constant_logloss_spread"),
         (pl.col("ne_base_rate").max() - pl.col("ne_base_rate").min()).alias("ne_base_rate_spread"),
-        pl.col("seed").n_unique().alias("n_seeds"))
+        pl.col("seed").n_unique().alias("n_seeds"),
+        *(pl.col(c).mean() for c in ORACLE_COLUMNS))
 
 
 def unit_of(row: dict[str, Any]) -> tuple:
@@ -99,9 +103,31 @@ def unit_of(row: dict[str, Any]) -> tuple:
     return tuple(row[k] for k in UNIT_KEY)
 
 
+def distinct_artifacts(cells: pl.DataFrame) -> pl.DataFrame:
+    """The cells with one row per distinct set of trained VMs: a VM shared by two grids (Table 2's
+    round 0 is Figure 9's) is counted once; cells without artifact keys are kept as they are."""
+    if cells.is_empty() or "artifacts" not in cells.columns:
+        return cells
+    keyed = cells.filter(pl.col("artifacts").is_not_null() & (pl.col("artifacts") != ""))
+    return pl.concat([keyed.unique(subset=["artifacts"], keep="first", maintain_order=True),
+                      cells.filter(pl.col("artifacts").is_null() | (pl.col("artifacts") == ""))])
+
+
+def shared_grids(cells: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """artifacts -> the grids whose cells trained exactly those VMs (where more than one grid did)."""
+    out: dict[str, list[str]] = {}
+    for c in cells:
+        if c.get("artifacts"):
+            out.setdefault(c["artifacts"], [])
+            if c["grid"] not in out[c["artifacts"]]:
+                out[c["artifacts"]].append(c["grid"])
+    return {k: v for k, v in out.items() if len(v) > 1}
+
+
 def none_vs_constant(cells: pl.DataFrame) -> tuple[int, int, int]:
-    """(``none`` VM cells, how many beat the constant, how many have NE < 1)."""
+    """(distinct ``none`` VM cells, how many beat the constant, how many have NE < 1); a ``none`` VM
+    shared by several grids counts once."""
     if cells.is_empty():
         return 0, 0, 0
-    none = cells.filter((pl.col("kind") == "vm") & (pl.col("method") == "none"))
+    none = distinct_artifacts(cells.filter((pl.col("kind") == "vm") & (pl.col("method") == "none")))
     return none.height, int(none["beats_constant"].sum() or 0), int(none["NE_below_1"].sum() or 0)

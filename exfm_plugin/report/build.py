@@ -19,7 +19,10 @@ from .figures import FIGURE_FILES, FIGURE_TITLES, PLOTTERS, plot_calibration, pl
 from .load import load_with_duplicates
 from .markdown import SMOKE_PREFIX, bars_table, failed_section, grid_prefix, grid_shape, header, unit_tables
 from .references import References, resolve_reference_dir
-from .sections import adapter_section, ah_vs_kd_section, gain_summary, ordering_section
+from .dose import dose_section, families, margin_points, plot_dose, plot_margin_gain
+from .premises import Premises
+from .sections import (adapter_section, ah_vs_kd_section, distinct_tally_section, gain_summary, ordering_section,
+                       premises_section)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ def _draw(ok: pl.DataFrame, index: SeedIndex, grids: list[str], out: Path, paths
 
 
 def _grid_section(g: str, cells: list[dict], consts: dict[tuple, dict], index: SeedIndex,
-                  ok_vm: list[dict], refs: References) -> list[str]:
+                  ok_vm: list[dict], refs: References, premises: Premises) -> list[str]:
     shape = grid_shape(g)
     lines = [f"## {g} — {GRID_TITLES.get(shape, f'Grid {g} (a grid this report does not know: plain tables)')}",
              ""]
@@ -107,10 +110,27 @@ def _grid_section(g: str, cells: list[dict], consts: dict[tuple, dict], index: S
     lines += unit_tables(cells, consts, shape, refs)
     vm_cells = [c for c in cells if c["kind"] == "vm"]
     g_vm = [r for r in ok_vm if r["grid"] == g]
-    lines += gain_summary(vm_cells) + ordering_section(index, g_vm) + ah_vs_kd_section(index, g_vm)
-    lines += adapter_section(index, g_vm)
+    lines += premises_section(premises, cells)
+    lines += gain_summary(vm_cells, premises) + ordering_section(index, g_vm) + ah_vs_kd_section(index, g_vm, premises)
+    lines += adapter_section(index, g_vm, premises)
     if shape in ("table2", "table3"):
         lines += bars_table(cells, refs)
+    return lines
+
+
+def _dose_sections(ok: list[dict], ok_vm: list[dict], premises: Premises, out: Path,
+                   paths: ReportPaths) -> list[str]:
+    """A dose-response section and figure per grid file run at several world levels, and the
+    distillation gain of every pairing against its teacher margin."""
+    lines: list[str] = []
+    for name, family in sorted(families(sorted({r["grid"] for r in ok})).items()):
+        lines += dose_section(name, family, ok)
+        target = out / f"{name}_dose_response.png"
+        if plot_dose(family, ok, target, f"Dose-response ({name})"):
+            paths.figures[target.name] = target
+    target = out / "margin_vs_gain.png"
+    if plot_margin_gain(margin_points(ok_vm, premises), ok, target):
+        paths.figures[target.name] = target
     return lines
 
 
@@ -134,14 +154,17 @@ def build_report(records_paths: str | Path | Sequence[str | Path], out_dir: str 
     grids = grid_order(records["grid"].to_list())
     fig_notes = _draw(ok, index, grids, out, paths)
     all_cells = cells.to_dicts() if not cells.is_empty() else []
+    premises = Premises(ok.to_dicts(), all_cells)
     lines = header(records, cells, n_dup, refs)
     for g in grids:
-        lines += _grid_section(g, [c for c in all_cells if c["grid"] == g], consts, index, ok_vm, refs)
+        lines += _grid_section(g, [c for c in all_cells if c["grid"] == g], consts, index, ok_vm, refs, premises)
         lines += [f"Figures for {g}:", ""] + fig_notes[g] + [""]
         cell_md = write_cell_index(g, ok.filter(pl.col("grid") == g).to_dicts(), out)
         if cell_md is not None:
             lines += [f"Per-cell outputs (params, log, losses, weights) of every VM cell: [{cell_md.name}]"
                       f"({cell_md.name})", ""]
+    lines += distinct_tally_section(index, ok_vm, all_cells, premises)
+    lines += _dose_sections(ok.to_dicts(), ok_vm, premises, out, paths)
     lines += ["## Figures", ""]
     lines += [f"- `{name}` ![{name}]({p.name})" for name, p in sorted(paths.figures.items())]
     lines += [f"- `{name}`: missing — {why}." for name, why in sorted(paths.missing_figures.items())] + [""]

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 METRICS = ("AUC", "logloss", "NE", "calibration", "gAUC")
 THROUGHPUT = ("train_samples_per_s", "eval_samples_per_s", "wall_time_s")
+ORACLE_COLUMNS = tuple(f"oracle_{m}" for m in METRICS)
 
 
 # One row of the flat records table: column -> polars dtype.
@@ -39,13 +40,18 @@ SCHEMA: dict[str, pl.DataType] = {
     "train_rows": pl.Int64, "ne_base_rate": pl.Float64,
     **{m: pl.Float64 for m in METRICS},
     "constant_logloss": pl.Float64, "constant_NE": pl.Float64,
+    **{f"oracle_{m}": pl.Float64 for m in METRICS},  # the world's truth on the same rows (synthetic)
+    "world_drift": pl.Float64, "world_domain_shift": pl.Float64,  # the synthetic world's dials
+    "data_seed": pl.Int64,  # which synthetic world (null on real data)
+    "vm_artifact": pl.String,  # the evaluated VM link's artifact key: one training run, however many grids name it
     "calibration_bins": pl.String,  # JSON text: [[mean_pred, mean_label, count], ...]
     "data_size": pl.String, "outputs_dir": pl.String,  # the grid's size; the cell's folder under its results
     "train_curve": pl.String,  # JSON text: [{day, pass, passes, method, rows, seconds, <loss terms>}, ...]
     **{t: pl.Float64 for t in THROUGHPUT},
 }
 _COPIED = [k for k in SCHEMA if k not in ("source_file", "source_line", "feature_gap", "hparams", "calibration_bins",
-                                          "constant_logloss", "constant_NE", "data_size", "train_curve", *METRICS)]
+                                          "constant_logloss", "constant_NE", "data_size", "train_curve", *METRICS, "vm_artifact",
+                                          *ORACLE_COLUMNS, "world_drift", "world_domain_shift")]
 
 
 def flatten(rec: dict[str, Any], path: Path | str, lineno: int) -> dict[str, Any]:
@@ -61,6 +67,11 @@ def flatten(rec: dict[str, Any], path: Path | str, lineno: int) -> dict[str, Any
                 "train_curve": json.dumps(rec["train_curve"]) if rec.get("train_curve") else None,
                 "constant_logloss": constant.get("logloss"), "constant_NE": constant.get("NE")})
     row.update({m: metrics.get(m) for m in METRICS})
+    oracle = rec.get("oracle") or {}
+    row.update({f"oracle_{m}": oracle.get(m) for m in METRICS})
+    row["vm_artifact"] = Path(rec["vm_artifact"]).name if rec.get("vm_artifact") else None
+    world = rec.get("world") or {}
+    row.update({"world_drift": world.get("drift"), "world_domain_shift": world.get("domain_shift")})
     return row
 
 

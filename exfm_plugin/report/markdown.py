@@ -7,10 +7,11 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from ..contracts import BARS_DATASET_NAMES
+from ..contracts import BARS_DATASET_NAMES, base_grid_name
 from .aggregate import UNIT_KEY, none_vs_constant, unit_of
 from .compare import is_default_scales
 from .data_size import data_scales, size_warning
+from .premises import headroom_share
 from .references import References
 from .stats import Interval, format_interval
 
@@ -27,6 +28,7 @@ def grid_prefix(grid: str) -> str:
 def grid_shape(grid: str) -> str:
     """The table/figure shape of a grid name: ``smoke_table2`` is drawn like ``table2``,
     ``science_table4`` like ``table4``."""
+    grid = base_grid_name(grid)
     return grid[len(grid_prefix(grid)):]
 
 
@@ -92,7 +94,7 @@ def header(records: pl.DataFrame, cells: pl.DataFrame, n_dup: int, refs: Referen
                  + (f"; {n_dup} duplicate line(s) replaced by the last record of their cell_id." if n_dup else "."))
     if not cells.is_empty():
         n_none, n_beat, n_ne = none_vs_constant(cells)
-        lines.append(f"**`none` VMs beating the constant predictor: {n_beat} of {n_none}** "
+        lines.append(f"**distinct `none` VMs beating the constant predictor: {n_beat} of {n_none}** "
                      f"(NE < 1: {n_ne} of {n_none}).")
         pooled = cells.filter(pl.col("n_runs") > pl.col("n_seeds")).height
         if pooled:
@@ -147,6 +149,8 @@ def unit_tables(cells: list[dict[str, Any]], consts: dict[tuple, dict[str, Any]]
         headers = ["row", "teacher", "student", "method"] + (["LS/GS/LW"] if show_scales else []) + extra
         headers += ["n", "AUC"] + (["gAUC"] if show_gauc else []) + ["LogLoss", "NE", "calibration", "beats const",
                                                                      "AUC gain vs none (%)", "ΔNE vs none"]
+        oracle_auc = const.get("oracle_AUC") if const is not None else None
+        headers += ["share of headroom"] if oracle_auc is not None else []
         headers += ["paper AUC", "paper gain"] if with_paper else []
         table = []
         if const is not None:
@@ -156,6 +160,14 @@ def unit_tables(cells: list[dict[str, Any]], consts: dict[tuple, dict[str, Any]]
                 table[-1][headers.index("gAUC")] = "0.5000"  # one score for all rows: 0.5 in every group
             table[-1][headers.index("LogLoss")] = fmt(const["constant_logloss"])
             table[-1][headers.index("NE")] = fmt(const["constant_NE"])
+            table[-1][headers.index("n")] = const["n_seeds"]
+        if oracle_auc is not None:
+            table.append(["oracle (the world's truth)", "—", "—", "—"] + [""] * (len(headers) - 4))
+            for h, c in (("AUC", "oracle_AUC"), ("gAUC", "oracle_gAUC"), ("LogLoss", "oracle_logloss"),
+                         ("NE", "oracle_NE"), ("calibration", "oracle_calibration")):
+                if h in headers:
+                    table[-1][headers.index(h)] = fmt(const[c])
+            table[-1][headers.index("share of headroom")] = "1.00"
             table[-1][headers.index("n")] = const["n_seeds"]
         for c in sorted(rows, key=lambda c: c["kind"] != "fm"):
             vm = c["kind"] == "vm"
@@ -171,6 +183,9 @@ def unit_tables(cells: list[dict[str, Any]], consts: dict[tuple, dict[str, Any]]
             base = vm and c["method"] == "none"
             r += ["baseline" if base else format_interval(cell_interval(c, "auc_gain_pct"), 2),
                   "baseline" if base else format_interval(cell_interval(c, "NE_diff"), 4)]
+            if oracle_auc is not None:
+                share = headroom_share(c["AUC_mean"], oracle_auc)
+                r += ["—" if share is None else f"{share:.2f}"]
             if with_paper:
                 pa, _, pg = refs.paper(shape, c)
                 r += [fmt(pa), "baseline" if base and pa is not None else ("—" if pg is None else f"{pg:+.2f}%")]

@@ -82,7 +82,10 @@ def test_known_keys_cover_the_constructor_and_fuxictr_base_keys():
     ("dataset: taobaoad\ntuner_space:\n\tteacher: DCN\n", "tabs"),
     ("dataset: [taobaoad\n", r"line \d+ column \d+: not valid YAML"),
     (grid_text(fm_epochs="2"), "fm_epochs"),
-    (grid_text(drift="strong"), "drift='strong'"),
+    (grid_text(world={"drift": "strong"}), "drift='strong'"),
+    (grid_text(world={"domain_shift": -1.0}), "domain_shift=-1.0 must be >= 0"),
+    (grid_text(world={"shift": 1.0}), "shift"),
+    (grid_text(dataset="amazon", world={"domain_shift": 1.0}), "domain_shift=1.0 is defined for taobaoad"),
     (grid_text(rounds="0"), "round"),
     (grid_text(tuner_space={"teacher": "DCN", "student": "FM", "method": "ah", "label_scale": "2"}), "label_scale"),
     (grid_text(model_overrides={"all": {"learning_rate": "1e-3"}},
@@ -122,7 +125,10 @@ def test_crossed_hyperparameters_reach_the_trained_students(tmp_path):
                        progress=False, follow=False)
     assert summary.failed == 0, summary.failures
     widths = {}
-    for r in read_records([summary.records_path]):
+    records = read_records([summary.records_path])
+    # one FM record too: the teacher margin is a premise of every pairing, `none`-only grids included
+    assert sorted(r["kind"] for r in records) == ["fm", "vm", "vm"]
+    for r in (r for r in records if r["kind"] == "vm"):
         state = torch.load(os.path.join(r["vm_artifact"], "serving_model.pt"))
         emb = next(v for k, v in state.items() if k.endswith("embedding_layers.userid.weight"))
         widths[r["hparams"]["embedding_dim"]] = emb.shape[1]

@@ -126,7 +126,7 @@ def test_adapter_effect_and_ah_vs_kd_pair_by_seed(report):
     ahkd = t2[t2.index("### AH vs KD"):t2.index("### The adapter")]
     row = [x for x in ahkd.splitlines() if x.startswith("| DMIN → FM")][0]
     assert "| not resolved | s0: -0.0050, s1: +0.0060, s2: +0.0010 |" in row
-    assert "AUC: holds 0, reversed 0, not resolved 1 of 1" in ahkd
+    assert "over every pairing: holds 0, reversed 0, not resolved 1 of 1" in ahkd
 
 
 def test_constant_row_and_beats_constant_marks(report):
@@ -146,7 +146,7 @@ def test_constant_row_and_beats_constant_marks(report):
     none = cell(lb, grid="table2", method="none")
     assert none["beats_constant"] is True and none["NE_below_1"] is False
     # table2, table4 (LogLoss 0.25: worse than the constant) and two fig9 days; none has NE < 1
-    assert "**`none` VMs beating the constant predictor: 3 of 4** (NE < 1: 0 of 4)" in md
+    assert "**distinct `none` VMs beating the constant predictor: 3 of 4** (NE < 1: 0 of 4)" in md
 
 
 def test_paper_numbers_failed_cells_and_figures(report):
