@@ -52,7 +52,7 @@ def train_and_test(params: dict):
 
 def publish(teacher, params: dict, data_dir: str) -> str:
     """The teacher as a new snapshot of the SPD (what ``exfm das publish`` does)."""
-    from exfm_plugin.das.publish import jsonable
+    from exfm_plugin.das.spd.publish import jsonable
     from exfm_plugin.das.spd import SnapshotStore
 
     model_params = jsonable({k: v for k, v in params.items() if k not in ("gpu", "data_loader")}, "")
@@ -66,7 +66,7 @@ def publish(teacher, params: dict, data_dir: str) -> str:
 def augment(params: dict, snapshot_id: str) -> list[str]:
     """DAS: the student's train days labelled by the snapshot (stage 1 predicts each row once,
     stage 2 writes the VM's split: ``fm_pred`` + links to the day file)."""
-    from exfm_plugin.das.augmenter import AugmentJob, VMSpec, run_worker
+    from exfm_plugin.das.augment import AugmentJob, VMSpec, run_worker
     from exfm_plugin.das.metastore import open_metastore
     from exfm_plugin.das.spd import SnapshotStore
 

@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 __all__ = ["TEMP_SUFFIX", "atomic_dir", "atomic_file", "fsync_dir", "fsync_file", "fsync_tree", "is_temp_name",
-           "pid_alive", "sweep_stale_temps", "temp_owner"]
+           "pid_alive", "sweep_stale_temps", "temp_owner", "write_json_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,3 +209,18 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[st
     fsync_dir(parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: str, data: Mapping[str, Any], *, exclusive: bool = False) -> bool:
+    """Write ``data`` as JSON through :func:`atomic_file` (the DAS job's plan and manifest: workers
+    race for them). ``exclusive``: only if ``path`` does not exist yet; returns whether this
+    call created the file (``False``: another writer's file was there first and is kept)."""
+    try:
+        with atomic_file(path, exclusive=exclusive) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+    except FileExistsError:
+        if not exclusive:
+            raise
+        return False
+    return True

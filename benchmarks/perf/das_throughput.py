@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from shapes import taobao_batches, taobao_feature_map  # noqa: E402
 
-from exfm_plugin.das.augmenter import AugmentJob, VMSpec, run_worker  # noqa: E402
-from exfm_plugin.das.engines import InProcessEngine, RayEngine, to_model_batch  # noqa: E402
+from exfm_plugin.das.augment import AugmentJob, VMSpec, run_worker  # noqa: E402
+from exfm_plugin.das.augment.engines import InProcessEngine, RayEngine, to_model_batch  # noqa: E402
 from exfm_plugin.das.metastore import open_metastore  # noqa: E402
 from exfm_plugin.das.spd import SnapshotStore  # noqa: E402
 from exfm_plugin.data.dayfile import write_day_file  # noqa: E402

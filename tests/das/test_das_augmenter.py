@@ -24,11 +24,12 @@ import pytest
 import torch
 
 from exfm_plugin.cli import main as exfm_main
-from exfm_plugin.das import shared, worker
-from exfm_plugin.das.augmenter import AugmentError, AugmentJob, VMSpec, run_worker
+from exfm_plugin.das.augment import AugmentError, AugmentJob, VMSpec, plan_job, run_worker, shared, worker
+from exfm_plugin.das.augment.plan import ensure_plan_file
 from exfm_plugin.das.metastore import open_metastore
 from exfm_plugin.das.spd import FeatureMapMismatch, SnapshotStore
 from exfm_plugin.data.dayfile import DayFileError, read_day_attrs, read_day_columns, write_day_file
+from exfm_plugin.fsutil import write_json_atomic
 from exfm_plugin.models import MODEL_REGISTRY
 from tiny_data import make_tiny_data, model_kwargs
 
@@ -180,6 +181,25 @@ def test_same_job_id_with_other_inputs_is_refused(world, tmp_path):
         run_worker(world.job(out, shard_rows=300), store, "w1", 30, loaded=world.loaded, progress=False)
         with pytest.raises(AugmentError, match="shard_rows"):
             run_worker(world.job(out, shard_rows=100), store, "w1", 30, loaded=world.loaded, progress=False)
+
+
+def test_plan_file_first_writer_wins_and_is_never_rewritten(world, tmp_path):
+    """Stage 1's plan.json (plan.ensure_plan_file over fsutil.write_json_atomic): the first plan is
+    recorded as its JSON, the same plan again is accepted without a rewrite, another is refused."""
+    first = plan_job(world.job(tmp_path / "out", shard_rows=128), world.loaded)
+    path = os.path.join(first.job.job_dir, "plan.json")
+    ensure_plan_file(first)
+    assert json.load(open(path)) == json.loads(json.dumps(first.to_json()))
+    recorded, mtime = open(path, "rb").read(), os.stat(path).st_mtime_ns
+    ensure_plan_file(plan_job(world.job(tmp_path / "out", shard_rows=128), world.loaded))  # same inputs
+    other = plan_job(world.job(tmp_path / "out", shard_rows=100), world.loaded)
+    assert other.job.job_id == first.job.job_id and other.fingerprint != first.fingerprint
+    with pytest.raises(AugmentError, match=r"differs in \[.*'shard_rows'.*'shards'"):
+        ensure_plan_file(other)
+    assert open(path, "rb").read() == recorded and os.stat(path).st_mtime_ns == mtime
+    assert write_json_atomic(path, {"x": 1}, exclusive=True) is False  # an existing file is kept
+    assert write_json_atomic(str(tmp_path / "new.json"), {"x": 1}, exclusive=True) is True
+    assert json.load(open(tmp_path / "new.json")) == {"x": 1}
 
 
 def test_multitask_fm_gives_each_vm_its_own_task(tmp_path):

@@ -13,8 +13,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from exfm_plugin.das.augmenter import AugmentJob, VMSpec, run_worker  # noqa: E402
-from exfm_plugin.das.engines import InProcessEngine, RayEngine, rejoin_by_id  # noqa: E402
+from exfm_plugin.das.augment import AugmentJob, VMSpec, run_worker  # noqa: E402
+from exfm_plugin.das.augment.engines import InProcessEngine, RayEngine, rejoin_by_id  # noqa: E402
 from exfm_plugin.das.metastore import open_metastore  # noqa: E402
 from exfm_plugin.das.spd import SnapshotStore  # noqa: E402
 from exfm_plugin.data.dayfile import read_day_columns, write_day_file  # noqa: E402

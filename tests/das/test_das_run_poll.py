@@ -1,4 +1,4 @@
-"""``exfm das run --poll``: a long-running DAS task whose loader (``das.loader.SnapshotLoader``)
+"""``exfm das run --poll``: a long-running DAS task whose loader (``das.service.loader.SnapshotLoader``)
 follows the snapshot the metadata store names.
 
 One real process: it augments the day with snapshot A; a newer B is published and the same

@@ -19,11 +19,11 @@ import torch
 
 from exfm_plugin.cli import main as exfm_main
 from exfm_plugin.das.metastore import MetastoreAccessDenied, open_metastore
-from exfm_plugin.das.loader import SnapshotRefused, SnapshotLoader
-from exfm_plugin.das.signing import SignatureError, SigningKeys
+from exfm_plugin.das.service.loader import SnapshotRefused, SnapshotLoader
+from exfm_plugin.das.spd.signing import SignatureError, SigningKeys
 from exfm_plugin.das.spd import SnapshotStore, SnapshotUnauthenticated
-from exfm_plugin.das.updater import Updater
-from exfm_plugin.das.zk_auth import ZkAuthError, load_zk_auth, parse_zk_auth
+from exfm_plugin.das.service.updater import Updater
+from exfm_plugin.das.metastore.zk_auth import ZkAuthError, load_zk_auth, parse_zk_auth
 from exfm_plugin.data.dayfile import write_day_file
 from tiny_data import make_tiny_data, random_dcn
 from zk_support import require_zk, unique_chroot
@@ -429,7 +429,7 @@ def test_cli_run_with_key_refuses_tampered_snapshot_and_keeps_the_previous(tiny,
 
 def test_ray_actors_check_the_signature_too(tiny, models, tmp_path):
     """The Ray engine's actors reload the snapshot themselves: they get the key file paths, not keys."""
-    from exfm_plugin.das.engines import _SnapshotPredictor
+    from exfm_plugin.das.augment.engines import _SnapshotPredictor
 
     key = _key_file(tmp_path / "spd.key", NEW_KEY)
     spd = SnapshotStore(tmp_path / "spd", keys=SigningKeys.from_files([key]))

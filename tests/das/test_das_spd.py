@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from exfm_plugin.das import publish as publish_module
-from exfm_plugin.das import spd as spd_module
+from exfm_plugin.das.spd import publish as publish_module
+from exfm_plugin.das.spd import store as spd_module
 from exfm_plugin.das.spd import (FeatureMapMismatch, SnapshotCorrupt, SnapshotExists, SnapshotNotFound,
                                  SnapshotStore)
 from exfm_plugin.data.dayfile import read_day_attrs, write_day_file

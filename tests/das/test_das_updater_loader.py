@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from exfm_plugin.das.metastore import LeaseLostError, open_metastore
-from exfm_plugin.das.loader import NoSnapshotLoaded, SnapshotRefused, SnapshotLoader
+from exfm_plugin.das.service.loader import NoSnapshotLoaded, SnapshotRefused, SnapshotLoader
 from exfm_plugin.das.spd import SnapshotStore
-from exfm_plugin.das.updater import Updater
+from exfm_plugin.das.service.updater import Updater
 from tiny_data import make_tiny_data, random_dcn
 
 

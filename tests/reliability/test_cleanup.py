@@ -100,7 +100,7 @@ def test_never_current_snapshots_are_collected_after_the_lease(tmp_path, snap_wo
     snapshot newer than the current one (e, not yet recorded) is never touched."""
     from exfm_plugin.das.metastore import open_metastore
     from exfm_plugin.das.spd import SnapshotStore
-    from exfm_plugin.das.updater import Updater
+    from exfm_plugin.das.service.updater import Updater
 
     data, (model, params) = snap_world
     spd = SnapshotStore(str(tmp_path / "spd"))

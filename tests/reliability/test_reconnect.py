@@ -7,7 +7,7 @@ import time
 import pytest
 
 from exfm_plugin.das.metastore import LeaseLostError, MetastoreUnavailable
-from exfm_plugin.das.worker import _after_reconnect
+from exfm_plugin.das.augment.worker import _after_reconnect
 
 
 class ScriptedStore:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exfm_plugin.das.augmenter import AugmentJob, VMSpec
+from exfm_plugin.das.augment import AugmentJob, VMSpec
 from exfm_plugin.data.dayfile import read_day_columns
 
 REPO = Path(__file__).resolve().parents[2]

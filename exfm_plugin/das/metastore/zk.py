@@ -15,7 +15,7 @@ claim's life is its lease, the same on both backends.
 Leases are unix times from the client's wall clock, like kazoo's lease recipe: clients need
 roughly synchronised clocks, and leases much longer than the skew.
 
-The client under the store is :class:`~.metastore_zk_session.ZkSession`, whose module docstring
+The client under the store is :class:`~.zk_session.ZkSession`, whose module docstring
 has the rules for connection trouble (the *lease possibly lost* state, re-verification after a
 reconnection) and for access control (credentials, ACLs, redacted kazoo logs). This module holds
 the records and their compare-and-set rules; callers import the store from here.
@@ -29,7 +29,7 @@ from typing import Any, Iterable
 
 from kazoo.exceptions import BadVersionError, NoAuthError, NodeExistsError, NoNodeError
 
-from .metastore import (
+from .base import (
     CLAIMED,
     DONE,
     PENDING,
@@ -39,9 +39,9 @@ from .metastore import (
     validate_lease,
     validate_name,
 )
-from .metastore_zk_session import ADMIN, CREATE, DELETE, READ, WRITE, ZkSession  # noqa: F401 (ADMIN: re-exported)
+from .zk_session import ADMIN, CREATE, DELETE, READ, WRITE, ZkSession  # noqa: F401 (ADMIN: re-exported)
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.metastore_zk")  # the name before das/ became subpackages
 
 _MAX_RETRIES = 100  # re-reads after a lost race on an unrelated node; each retry means someone else progressed
 
@@ -62,8 +62,8 @@ def _shard(shard_id: str, d: dict[str, Any]) -> ShardState:
 
 
 class ZkMetadataStore(ZkSession):
-    """:class:`~.metastore.MetadataStore` on ZooKeeper (layout and write rules: the module
-    docstring; connection trouble and access control: :class:`~.metastore_zk_session.ZkSession`)."""
+    """:class:`~.base.MetadataStore` on ZooKeeper (layout and write rules: the module
+    docstring; connection trouble and access control: :class:`~.zk_session.ZkSession`)."""
 
     # ---- held leases -----------------------------------------------------------------------------
     def _recheck_held_leases(self) -> None:

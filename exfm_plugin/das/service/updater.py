@@ -17,12 +17,12 @@ import logging
 import threading
 import time
 
-from .metastore import LeaseLostError, MetadataStore, MetastoreError, SnapshotLease
-from .spd import SnapshotInfo, SnapshotNotFound, SnapshotStore, SPDError
+from ..metastore import LeaseLostError, MetadataStore, MetastoreError, SnapshotLease
+from ..spd import SnapshotInfo, SnapshotNotFound, SnapshotStore, SPDError
 
 __all__ = ["Updater"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.updater")  # the name before das/ became subpackages
 
 _MAX_RACES = 5  # compare-and-set attempts per poll before giving up until the next poll
 

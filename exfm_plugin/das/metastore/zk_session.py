@@ -1,7 +1,7 @@
-"""The ZooKeeper session under :class:`~.metastore_zk.ZkMetadataStore`: connecting, credentials and
+"""The ZooKeeper session under :class:`~.zk.ZkMetadataStore`: connecting, credentials and
 ACLs, connection state and lease re-verification, and how kazoo's failures become metastore errors.
 
-It exists so that :mod:`.metastore_zk` holds only the store's records and their compare-and-set
+It exists so that :mod:`.zk` holds only the store's records and their compare-and-set
 rules; :class:`ZkSession` is the connection half of the store and is not used on its own.
 
 Connection trouble: a state listener marks every lease this store holds as *possibly lost*
@@ -44,7 +44,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.serialization import Auth
 from kazoo.security import OPEN_ACL_UNSAFE, Permissions
 
-from .metastore import (
+from .base import (
     LeaseLostError,
     MetadataStore,
     MetastoreAccessDenied,
@@ -55,7 +55,7 @@ from .metastore import (
 from .zk_auth import ZkAuth
 
 # the store logs under its public module's name (what logging configuration and tests name)
-logger = logging.getLogger(__name__.rpartition(".")[0] + ".metastore_zk")
+logger = logging.getLogger("exfm_plugin.das.metastore_zk")
 
 
 _DIGEST_ID = re.compile(r"(Id\(scheme='digest', id='[^:']*:)[^']*'")
@@ -104,7 +104,7 @@ def _perm_names(perms: int) -> str:
 
 
 class ZkSession(MetadataStore):
-    """The connection half of :class:`~.metastore_zk.ZkMetadataStore` (see the module docstring):
+    """The connection half of :class:`~.zk.ZkMetadataStore` (see the module docstring):
     subclasses implement the records and :meth:`_recheck_held_leases`."""
 
     def __init__(

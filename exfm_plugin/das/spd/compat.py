@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from fuxictr.features import FeatureMap
 
-from ..data.dayfile import read_day_attrs
+from ...data.dayfile import read_day_attrs
 from .manifest import FEATURE_MAP_JSON, FEATURE_VOCAB_JSON, SPDError
 
 __all__ = ["FeatureMapMismatch", "check_compatible"]

@@ -4,11 +4,13 @@ All DAS tasks are equal (no primary), so every piece of coordination goes throug
 atomic compare-and-set: two updaters racing to publish a snapshot, or two workers racing for a
 shard, always produce exactly one winner, and any task may die at any time.
 
-Two backends behind one contract (``tests/das/test_metastore.py`` runs the same tests on both):
+This module holds the contract (:class:`MetadataStore`), its records and its errors, and imports
+no backend. Two backends implement it (``tests/das/test_metastore.py`` runs the same tests on both),
+and :func:`~.factory.open_metastore` picks one from a URL:
 
-* ``sqlite:///abs/path.db`` or a plain file path: :class:`~.metastore_sqlite.SqliteMetadataStore`,
+* ``sqlite:///abs/path.db`` or a plain file path: :class:`~.sqlite.SqliteMetadataStore`,
   the embedded default, safe across processes of one machine (WAL, ``BEGIN IMMEDIATE``).
-* ``zk://host:port[,host:port]/chroot/path``: :class:`~.metastore_zk.ZkMetadataStore` on a real
+* ``zk://host:port[,host:port]/chroot/path``: :class:`~.zk.ZkMetadataStore` on a real
   ZooKeeper (kazoo), for tasks on several machines.
 
 Leases are absolute unix times computed from the *caller's* wall clock (``time.time()``), as in
@@ -21,11 +23,7 @@ import abc
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
-from urllib.parse import parse_qs, urlsplit
-
-if TYPE_CHECKING:
-    from .zk_auth import ZkAuth
+from typing import Callable, Iterable
 
 __all__ = [
     "LeaseLostError",
@@ -35,7 +33,6 @@ __all__ = [
     "MetastoreUnavailable",
     "ShardState",
     "SnapshotLease",
-    "open_metastore",
 ]
 
 PENDING, CLAIMED, DONE = "pending", "claimed", "done"
@@ -265,65 +262,3 @@ class MetadataStore(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
-
-
-_FORMS = "sqlite:///path.db, a file path, or zk://host:port/path"
-
-
-def _float_param(query: dict[str, list[str]], name: str, url: str) -> float | None:
-    if name not in query:
-        return None
-    try:
-        value = float(query[name][-1])
-    except ValueError:
-        raise ValueError(f"metastore url {url!r}: {name} must be a number of seconds") from None
-    if not value > 0:
-        raise ValueError(f"metastore url {url!r}: {name} must be positive")
-    return value
-
-
-def open_metastore(url: str, *, connect_timeout: float | None = None, auth: "ZkAuth | None" = None) -> MetadataStore:
-    """Open the store named by ``url`` (the CLI's ``--metastore``).
-
-    * ``sqlite:///abs/path.db`` (``sqlite://rel/path.db`` is relative) or a plain file path: SQLite.
-    * ``zk://host:port[,host:port]/chroot/path``: ZooKeeper; the chroot (default ``/exfm``) is
-      created if missing. Query parameters ``connect_timeout`` (default 5 s), ``session_timeout``
-      (10 s) and ``op_timeout`` (10 s) tune it; the ``connect_timeout`` argument overrides the URL's.
-      Raises :class:`MetastoreUnavailable` if no server answers within the connect timeout.
-      ``auth`` (:func:`~.zk_auth.load_zk_auth`) creates the DAS nodes with digest ACLs and
-      authenticates; without it the namespace is open to any client, as before.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError(f"metastore url must be a non-empty string ({_FORMS}), got {url!r}")
-    url = url.strip()
-    if url.startswith("zk://"):
-        from .metastore_zk import ZkMetadataStore
-
-        parts = urlsplit(url)
-        if not parts.netloc:
-            raise ValueError(f"metastore url {url!r}: expected zk://host:port[,host:port]/chroot/path")
-        query = parse_qs(parts.query)
-        unknown = set(query) - {"connect_timeout", "session_timeout", "op_timeout"}
-        if unknown:
-            raise ValueError(f"metastore url {url!r}: unknown parameters {sorted(unknown)}")
-        kwargs = {k: v for k in ("connect_timeout", "session_timeout", "op_timeout")
-                  if (v := _float_param(query, k, url)) is not None}
-        if connect_timeout is not None:
-            kwargs["connect_timeout"] = connect_timeout
-        return ZkMetadataStore(parts.netloc, parts.path or "/exfm", url=url, auth=auth, **kwargs)
-    if url.startswith("sqlite://"):
-        path = url[len("sqlite://"):]
-        if path.startswith("//"):  # sqlite:////abs/path
-            path = path[1:]
-    elif "://" in url:
-        raise ValueError(f"metastore url {url!r}: unsupported scheme (use {_FORMS})")
-    else:
-        path = url
-    if not path or path.endswith("/") or path == ":memory:":
-        raise ValueError(f"metastore url {url!r}: needs a database file path (an in-memory database cannot be shared)")
-    if auth is not None:
-        raise ValueError(f"metastore url {url!r}: ZooKeeper credentials (--zk-auth-file / --zk-auth-env) "
-                         f"apply to zk:// stores only; a SQLite store is protected by its file permissions")
-    from .metastore_sqlite import SqliteMetadataStore
-
-    return SqliteMetadataStore(path, url=url)

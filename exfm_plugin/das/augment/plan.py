@@ -4,12 +4,13 @@ A job (:class:`AugmentJob`) is one day's augmentation of some VMs' day files wit
 FM snapshot. Before any work, :func:`check_job` refuses a snapshot that does not fit the VMs'
 data; :func:`plan_job` then joins the VMs' rows (:class:`~.shared.SharedDataset`), cuts them
 into shards and fingerprints the inputs, so that workers started with other inputs under the
-same job id are refused instead of mixing outputs. Nothing here writes a file: the workers
-(:mod:`.worker`) and stage 2 (:mod:`.assemble`) do.
+same job id are refused instead of mixing outputs; :func:`ensure_plan_file` records the plan
+in ``plan.json`` (the first worker) or checks it (the others). The shards are predicted by the
+workers (:mod:`.worker`) and stage 2 is :mod:`.assemble`.
 """
 from __future__ import annotations
 
-from ..errors import ExfmInputError
+from ...errors import ExfmInputError
 
 import hashlib
 import json
@@ -21,17 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.dayfile import DayFileError, read_day_attrs
-from .compat import FeatureMapMismatch
+from ...data.dayfile import DayFileError, read_day_attrs
+from ...fsutil import write_json_atomic
+from ..spd.compat import FeatureMapMismatch
 from .engines import ID_COLUMN
 from .shared import SharedDataset
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.plan")  # the name before das/ became subpackages
 
-__all__ = ["AugmentError", "AugmentJob", "JobPlan", "VMSpec", "check_job", "default_owner", "plan_job",
-           "snapshot_feature_columns", "snapshot_outputs"]
+__all__ = ["AugmentError", "AugmentJob", "JobPlan", "VMSpec", "check_job", "default_owner", "ensure_plan_file",
+           "plan_job", "snapshot_feature_columns", "snapshot_outputs"]
 
-#: the job directory's files and folder (see the layout in :mod:`.augmenter`)
+#: the job directory's files and folder (see the layout in :mod:`exfm_plugin.das.augment`)
 PLAN_FILE = "plan.json"
 MANIFEST_FILE = "manifest.json"
 SHARD_DIR = "shards"
@@ -213,3 +215,18 @@ def plan_job(job: AugmentJob, loaded: Any) -> JobPlan:
     logger.info("job %s: %d VM rows -> %d shared rows (%d in several VMs), %d shards of <= %d rows",
                 job.job_id, shared.num_vm_rows, n, shared.num_shared, len(shards), job.shard_rows)
     return plan
+
+
+def ensure_plan_file(plan: JobPlan) -> None:
+    """The first worker records the plan; later ones check they were given the same inputs."""
+    path = os.path.join(plan.job.job_dir, PLAN_FILE)
+    data = plan.to_json()
+    if write_json_atomic(path, data, exclusive=True):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    if old.get("fingerprint") != plan.fingerprint:
+        diff = sorted(k for k in set(old) | set(data) if k != "fingerprint" and old.get(k) != data.get(k))
+        raise AugmentError(f"{path}: job {plan.job.job_id} was planned with other inputs (differs in "
+                           f"{diff or ['the example ids']}); use another --out or the same VM day files "
+                           f"and --shard-rows")

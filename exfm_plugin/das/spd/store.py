@@ -21,9 +21,9 @@ every file first): a reader sees a whole snapshot or nothing. Names starting wit
 never snapshots (temporary or deleted directories), and a directory without ``manifest.json``
 is never listed. An existing id is never overwritten.
 
-Modules: :mod:`.manifest` (file names, manifest, ids, errors), :mod:`.publish` (writing the
-files), :mod:`.compat` (does a VM's data fit the snapshot), :mod:`.snapshot` (the loaded
-model); this module is the store, and re-exports their public names.
+Modules of the package: :mod:`.manifest` (file names, manifest, ids, errors), :mod:`.publish`
+(writing the files), :mod:`.signing` (manifest signatures), :mod:`.compat` (does a VM's data fit
+the snapshot), :mod:`.snapshot` (the loaded model); this module is the store.
 
 Authenticity: checksums only prove that files and manifest agree. A store opened with
 ``keys`` (:class:`~.signing.SigningKeys`, from ``--spd-key-file``) signs each manifest it
@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from ..fsutil import atomic_dir, fsync_dir
+from ...fsutil import atomic_dir, fsync_dir
 from .compat import FeatureMapMismatch
 from .manifest import (FEATURE_MAP_DIR, FEATURE_MAP_JSON, MANIFEST, MODEL_PARAMS, SIGNATURE, WEIGHTS, ID_RE,
                        FileEntry, SnapshotCorrupt, SnapshotExists, SnapshotInfo, SnapshotNotFound, SPDError,
@@ -71,7 +71,7 @@ __all__ = [
     "validate_snapshot_id",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.spd")  # the name before das/ became subpackages
 
 
 class SnapshotStore:
@@ -102,7 +102,7 @@ class SnapshotStore:
         ``feature_map_dir`` holds the ``feature_map.json`` (and ``feature_vocab.json``,
         pretrained files) the model was trained with.
         """
-        from ..models import MODEL_REGISTRY
+        from ...models import MODEL_REGISTRY
 
         created = datetime.now(timezone.utc)
         snapshot_id = (validate_snapshot_id(snapshot_id) if snapshot_id is not None

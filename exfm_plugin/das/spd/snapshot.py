@@ -1,6 +1,6 @@
 """A snapshot loaded: the FM rebuilt from its files, in eval mode, labelling rows with predictions.
 
-Rebuilding is the same whether the files come from the SPD (:meth:`.spd.SnapshotStore.load`,
+Rebuilding is the same whether the files come from the SPD (:meth:`.store.SnapshotStore.load`,
 after verification) or from a training run about to be published (``exfm das publish``):
 :func:`rebuild_model` does it for both. :func:`column_tensor` is the one rule for turning a
 day-file column into a model input (the in-process and Ray engines use it too).
@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from fuxictr.features import FeatureMap
 
-from ..contracts import FM_PRED, fm_pred_column
+from ...contracts import FM_PRED, fm_pred_column
 from .compat import check_compatible
 from .manifest import FEATURE_MAP_JSON, SPDError, SnapshotInfo
 
 __all__ = ["LoadedSnapshot", "WeightsMismatch", "column_tensor", "rebuild_model", "torch_device"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.snapshot")  # the name before das/ became subpackages
 
 
 class WeightsMismatch(SPDError, ValueError):
@@ -62,7 +62,7 @@ def rebuild_model(params: dict, dataset_id: str, feature_map_dir: str, state: Ma
     :class:`WeightsMismatch` names ``weights_name`` and ``params_name`` (a file, a CLI option)
     when the weights do not fit; the model is left on the CPU, in training mode.
     """
-    from ..config import build_model
+    from ...config import build_model
 
     feature_map = FeatureMap(dataset_id, feature_map_dir)
     feature_map.load(os.path.join(feature_map_dir, FEATURE_MAP_JSON), params)

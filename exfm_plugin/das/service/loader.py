@@ -21,12 +21,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .metastore import MetadataStore, MetastoreError
-from .spd import LoadedSnapshot, SnapshotStore
+from ..metastore import MetadataStore, MetastoreError
+from ..spd import LoadedSnapshot, SnapshotStore
 
 __all__ = ["LoaderPrediction", "NoSnapshotLoaded", "SnapshotLoader", "SnapshotRefused"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.loader")  # the name before das/ became subpackages
 
 
 class NoSnapshotLoaded(RuntimeError):

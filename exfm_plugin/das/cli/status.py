@@ -1,4 +1,4 @@
-"""``exfm das status``: what the metadata store holds, for an operator (see :mod:`.cli`)."""
+"""``exfm das status``: what the metadata store holds, for an operator (see :mod:`.main`)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from .cli import default_metastore, zk_auth
+from .common import default_metastore, zk_auth
 
 __all__ = ["run_status"]
 
@@ -21,7 +21,7 @@ def _fmt_time(expires: float | None, now: float) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """``exfm das status``: the current snapshot and its lease, the shards of a job (text or JSON)."""
-    from .metastore import CLAIMED, DONE, PENDING, open_metastore
+    from ..metastore import CLAIMED, DONE, PENDING, open_metastore
 
     if args.metastore is None and args.snapshots is None:
         print("exfm das status: give --metastore URL or --snapshots DIR", file=sys.stderr)

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-from .metastore import (
+from .base import (
     CLAIMED,
     DONE,
     PENDING,
@@ -28,7 +28,7 @@ from .metastore import (
     validate_name,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.metastore_sqlite")  # the name before das/ became subpackages
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS current (

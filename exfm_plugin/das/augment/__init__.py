@@ -18,19 +18,21 @@ Layout under ``out_dir/<job_id>/`` (``job_id = f"{day}-{snapshot_id}"``)::
     <vm>.h5             stage-2 FM-augmented split of one VM (links to the VM's day file)
     manifest.json       written last: the job is complete
 
-The pieces, one module each: :mod:`.plan` (the job, its checks against the snapshot, the
-stage-1 plan), :mod:`.shared` (the shared dataset), :mod:`.worker` (claiming, predicting and
-publishing shards), :mod:`.assemble` (stage 2 and the job files). This module is the public
-entry point and re-exports them.
+The pieces, one module each, in the order a worker uses them: :mod:`.plan` (the job, its
+checks against the snapshot, the stage-1 plan and ``plan.json``), :mod:`.shared` (the shared
+dataset), :mod:`.worker` (claiming, predicting and publishing shards; stage 1),
+:mod:`.engines` (in-process or Ray inference of one shard), :mod:`.assemble` (stage 2 and the
+manifest). This package is the public entry point and re-exports them.
 """
 from __future__ import annotations
 
 from .assemble import assemble, manifest_is_current
+from .engines import Engine, InProcessEngine, RayEngine, make_engine
 from .plan import (AugmentError, AugmentJob, JobPlan, VMSpec, check_job, default_owner, plan_job,
                    snapshot_feature_columns, snapshot_outputs)
 from .shared import SharedDataset
 from .worker import SLOW_SHARD_ENV, WorkerReport, run_worker
 
-__all__ = ["SLOW_SHARD_ENV", "AugmentError", "AugmentJob", "JobPlan", "SharedDataset", "VMSpec", "WorkerReport",
-           "assemble", "check_job", "default_owner", "manifest_is_current", "plan_job", "run_worker",
-           "snapshot_feature_columns", "snapshot_outputs"]
+__all__ = ["SLOW_SHARD_ENV", "AugmentError", "AugmentJob", "Engine", "InProcessEngine", "JobPlan", "RayEngine",
+           "SharedDataset", "VMSpec", "WorkerReport", "assemble", "check_job", "default_owner", "make_engine",
+           "manifest_is_current", "plan_job", "run_worker", "snapshot_feature_columns", "snapshot_outputs"]

@@ -19,7 +19,7 @@ be separated by ``;``. Users may not contain ``:``; neither part may contain whi
 """
 from __future__ import annotations
 
-from ..errors import ExfmInputError
+from ...errors import ExfmInputError
 
 import logging
 import os
@@ -30,7 +30,7 @@ from kazoo.security import ACL, make_digest_acl
 
 __all__ = ["ZkAuth", "ZkAuthError", "ZkIdentity", "load_zk_auth", "parse_zk_auth"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.zk_auth")  # the name before das/ became subpackages
 
 ROLES = ("rw", "ro")
 

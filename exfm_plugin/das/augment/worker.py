@@ -26,15 +26,15 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..fsutil import atomic_file
-from .assemble import assemble, ensure_plan_file, manifest_is_current
+from ...fsutil import atomic_file
+from .assemble import assemble, manifest_is_current
 from .engines import ID_COLUMN, Engine, InProcessEngine, ShardAbandoned
-from .metastore import DONE, LeaseLostError, MetadataStore, MetastoreError, MetastoreUnavailable
-from .plan import AugmentError, AugmentJob, JobPlan, check_job, default_owner, plan_job
+from ..metastore import DONE, LeaseLostError, MetadataStore, MetastoreError, MetastoreUnavailable
+from .plan import AugmentError, AugmentJob, JobPlan, check_job, default_owner, ensure_plan_file, plan_job
 
 __all__ = ["SLOW_SHARD_ENV", "WorkerReport", "run_worker"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.worker")  # the name before das/ became subpackages
 
 #: Test hook: seconds a worker sleeps after predicting a shard and before publishing it, so a
 #: test can SIGKILL a worker mid-shard or let its lease expire. Never set it in production.

@@ -17,7 +17,7 @@ Comparison is ``hmac.compare_digest``. Nothing here logs or repeats a key.
 """
 from __future__ import annotations
 
-from ..errors import ExfmInputError
+from ...errors import ExfmInputError
 
 import hashlib
 import hmac
@@ -30,7 +30,7 @@ from typing import Any
 
 __all__ = ["ALGORITHM", "MIN_KEY_CHARS", "SignatureError", "SigningKeys", "canonical_manifest"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.signing")  # the name before das/ became subpackages
 
 ALGORITHM = "hmac-sha256"
 MIN_KEY_CHARS = 32

@@ -1,12 +1,12 @@
 """What a snapshot of the SPD is on disk: its file names, its manifest, its id, and the errors.
 
-A snapshot is one directory ``<root>/<snapshot_id>/`` (layout in :mod:`.spd`); its
+A snapshot is one directory ``<root>/<snapshot_id>/`` (layout in :mod:`.store`); its
 ``manifest.json``, written last, names the model, dataset, labels and the sha256 + size of every
 file. :class:`SnapshotInfo` is that manifest parsed: cheap to read, nothing is hashed or loaded.
 """
 from __future__ import annotations
 
-from ..errors import ExfmInputError
+from ...errors import ExfmInputError
 
 import hashlib
 import re
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..contracts import FM_PRED, fm_pred_column
+from ...contracts import FM_PRED, fm_pred_column
 
 __all__ = ["FileEntry", "SPDError", "SnapshotCorrupt", "SnapshotExists", "SnapshotInfo", "SnapshotNotFound",
            "SnapshotUnauthenticated", "file_sha256", "new_snapshot_id", "snapshot_outputs",

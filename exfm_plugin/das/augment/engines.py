@@ -26,9 +26,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .snapshot import column_tensor
+from ..spd.snapshot import column_tensor
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.engines")  # the name before das/ became subpackages
 
 ID_COLUMN = "example_id"
 
@@ -63,7 +63,7 @@ class Engine(Protocol):
 
 def to_model_batch(columns: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None,
                    skip: tuple[str, ...] = (ID_COLUMN,)) -> dict[str, torch.Tensor]:
-    """Rows ``[start, stop)`` as the tensors a fuxictr model takes (:func:`.snapshot.column_tensor`:
+    """Rows ``[start, stop)`` as the tensors a fuxictr model takes (:func:`~exfm_plugin.das.spd.snapshot.column_tensor`:
     integer ids upcast to int64, everything else float32)."""
     return {name: column_tensor(arr[start:stop]) for name, arr in columns.items() if name not in skip}
 
@@ -161,13 +161,13 @@ class _SnapshotPredictor:
 
     def __init__(self, snapshot_store_root: str, snapshot_id: str, threads: int,
                  spd_key_files: Sequence[str] = ()) -> None:
-        from .signing import SigningKeys
-        from .spd import SnapshotStore
+        from ..spd.signing import SigningKeys
+        from ..spd import SnapshotStore
 
         torch.set_num_threads(max(1, threads))
         keys = SigningKeys.from_files(spd_key_files) if spd_key_files else None  # paths travel, not keys
         self.loaded = SnapshotStore(snapshot_store_root, keys=keys).load(snapshot_id, device="cpu")
-        logging.getLogger(__name__).info("Ray actor pid %d loaded snapshot %s", os.getpid(), snapshot_id)
+        logger.info("Ray actor pid %d loaded snapshot %s", os.getpid(), snapshot_id)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch[ID_COLUMN])

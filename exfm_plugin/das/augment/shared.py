@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
-from ..data.dayfile import DayFileError, get_column, open_day_file
+from ...data.dayfile import DayFileError, get_column, open_day_file
 from .engines import ID_COLUMN
 
 __all__ = ["SharedDataset"]

@@ -7,7 +7,7 @@
                  [--spd-key-file KEYS ...] [--zk-auth-file PATH | --zk-auth-env NAME]
     exfm das status [--metastore URL | --snapshots DIR] [--job ID | --day N] [--zk-auth-file PATH | --zk-auth-env NAME]
 
-Security (README "Running DAS safely"): ``--spd-key-file`` signs published snapshots and makes
+Security (``docs/das.md``, "Security"): ``--spd-key-file`` signs published snapshots and makes
 ``run`` refuse unsigned or wrongly signed ones; ``--zk-auth-file`` / ``--zk-auth-env`` give the
 ZooKeeper identities whose digest ACLs protect the DAS namespace. Secrets are read from files or
 the environment only, never from the command line.
@@ -15,8 +15,9 @@ the environment only, never from the command line.
 ``--metastore`` defaults to ``sqlite:///<snapshots>/das.db``. Start ``exfm das run`` on as many
 machines or processes as you like with the same arguments: they share the work through the
 metadata store, and any of them may be killed. With ``--poll`` a task keeps running as the paper's
-DAS task does: its updater records each new snapshot, its loader (:mod:`.loader`) loads the one
-the store names (each once; one that fails to load is refused) and the day is augmented with it.
+DAS task does: its updater records each new snapshot, its loader
+(:mod:`exfm_plugin.das.service.loader`) loads the one the store names (each once; one that fails
+to load is refused) and the day is augmented with it.
 """
 from __future__ import annotations
 
@@ -29,54 +30,26 @@ import threading
 import time
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .common import add_key_option, add_zk_auth_options, default_metastore, spd_keys, zk_auth
+from .status import run_status
 
+logger = logging.getLogger("exfm_plugin.das.cli")  # the name before das/ became subpackages
 
-def default_metastore(snapshots: str) -> str:
-    """The embedded default store: a SQLite file inside the snapshot store."""
-    return f"sqlite:///{os.path.join(os.path.abspath(snapshots), 'das.db').lstrip('/')}"
-
-
-def _add_key_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spd-key-file", action="append", default=[], metavar="KEYS",
-                   help="file of SPD signing keys, one a line (at least 32 characters); repeat or put several "
-                        "lines to rotate: the first key signs, every key is accepted; snapshots whose manifest "
-                        "signature is missing or wrong are refused")
-
-
-def _add_zk_auth_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--zk-auth-file", default=None, metavar="PATH",
-                   help="file with the ZooKeeper identities ('rw = user:password', optional 'ro = user:password'); "
-                        "DAS nodes get digest ACLs. Without it the namespace is open to any client")
-    g.add_argument("--zk-auth-env", default=None, metavar="NAME",
-                   help="name of an environment variable holding what --zk-auth-file would hold")
-
-
-def zk_auth(args: argparse.Namespace) -> Any:
-    """The ZooKeeper identities of ``--zk-auth-file`` / ``--zk-auth-env`` (None: no ACLs)."""
-    from .zk_auth import load_zk_auth
-
-    return load_zk_auth(file=getattr(args, "zk_auth_file", None), env=getattr(args, "zk_auth_env", None))
-
-
-def _spd_keys(args: argparse.Namespace) -> Any:
-    from .signing import SigningKeys
-
-    return SigningKeys.from_files(args.spd_key_file) if args.spd_key_file else None
+__all__ = ["add_das_parser", "run_das"]
 
 
 def add_das_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``exfm das`` and its subcommands on the top-level parser."""
-    from .cli_status import run_status
-    p = sub.add_parser("das", help="Data Augmentation Service: FM snapshots -> FM-augmented VM splits",
+    """Register ``exfm das`` and its subcommands on the top-level parser (no prefix of a flag is
+    taken for the flag: ``allow_abbrev=False`` on every parser)."""
+    p = sub.add_parser("das", allow_abbrev=False,
+                       help="Data Augmentation Service: FM snapshots -> FM-augmented VM splits",
                        description="Publish FM snapshots to the SPD, run DAS workers that log the FM's "
                                    "predictions onto the VMs' day files, and show the metadata store.")
     p.set_defaults(func=run_das)
     dsub = p.add_subparsers(dest="das_command", metavar="DAS_COMMAND")
     dsub.required = True
 
-    pub = dsub.add_parser("publish", help="publish a trained FM as a snapshot")
+    pub = dsub.add_parser("publish", allow_abbrev=False, help="publish a trained FM as a snapshot")
     pub.add_argument("--snapshots", required=True, metavar="DIR", help="the snapshot store (SPD) root")
     pub.add_argument("--model-params", required=True, metavar="JSON_OR_YAML",
                      help="the model's params: a JSON string, or a .json/.yaml file (a FuxiCTR model "
@@ -88,10 +61,11 @@ def add_das_parser(sub: argparse._SubParsersAction) -> None:
                      help="directory with the FM's feature_map.json (and vocab / pretrained tables)")
     pub.add_argument("--day", type=int, default=None, help="last day the FM was trained on")
     pub.add_argument("--snapshot-id", default=None, help="id of the snapshot (default: generated)")
-    _add_key_option(pub)
+    add_key_option(pub)
     pub.set_defaults(das_func=_run_publish)
 
-    run = dsub.add_parser("run", help="run one DAS worker: poll the SPD, load the snapshot, augment a day")
+    run = dsub.add_parser("run", allow_abbrev=False,
+                          help="run one DAS worker: poll the SPD, load the snapshot, augment a day")
     run.add_argument("--snapshots", required=True, metavar="DIR", help="the snapshot store (SPD) root")
     run.add_argument("--metastore", default=None, metavar="URL",
                      help="sqlite:///path.db or zk://host:port/path (default sqlite:///<snapshots>/das.db)")
@@ -115,17 +89,17 @@ def add_das_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                      help="keep running: poll the SPD every SECONDS and augment the day with each new snapshot")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    _add_key_option(run)
-    _add_zk_auth_options(run)
+    add_key_option(run)
+    add_zk_auth_options(run)
     run.set_defaults(das_func=_run_run)
 
-    st = dsub.add_parser("status", help="current snapshot and its lease; shards of a job")
+    st = dsub.add_parser("status", allow_abbrev=False, help="current snapshot and its lease; shards of a job")
     st.add_argument("--metastore", default=None, metavar="URL")
     st.add_argument("--snapshots", default=None, metavar="DIR", help="for the default metastore URL")
     st.add_argument("--job", default=None, help="job id (<day>-<snapshot_id>)")
     st.add_argument("--day", type=int, default=None, help="show the job of this day with the current snapshot")
     st.add_argument("--json", action="store_true", help="print JSON")
-    _add_zk_auth_options(st)
+    add_zk_auth_options(st)
     st.set_defaults(das_func=run_status)
 
 
@@ -145,7 +119,7 @@ def _fuxictr_config_dir(path: str) -> str | None:
 def _load_params(text: str, expid: str | None) -> dict[str, Any]:
     import yaml
 
-    from ..errors import InputError
+    from ...errors import InputError
 
     config_dir = _fuxictr_config_dir(text) if expid is not None and os.path.exists(text) else None
     if config_dir is not None:  # FuxiCTR's layout: the Base block may live in another file
@@ -188,10 +162,10 @@ def _load_params(text: str, expid: str | None) -> dict[str, Any]:
 def _run_publish(args: argparse.Namespace) -> int:
     import torch
 
-    from .snapshot import rebuild_model
-    from .spd import SnapshotStore
+    from ..spd.snapshot import rebuild_model
+    from ..spd import SnapshotStore
 
-    keys = _spd_keys(args)  # a bad key file fails before any work
+    keys = spd_keys(args)  # a bad key file fails before any work
     params = _load_params(args.model_params, args.expid)
     fmap_path = os.path.join(args.feature_map_dir, "feature_map.json")
     if not os.path.exists(fmap_path):
@@ -216,7 +190,7 @@ def _load_weights(path: str) -> dict:
     one is the user's error (InputError naming it), whatever torch's loader raised."""
     import torch
 
-    from ..errors import InputError
+    from ...errors import InputError
 
     expected = "a torch state_dict (torch.save(model.state_dict(), PATH)) or a fuxictr .model checkpoint"
     if not os.path.isfile(path):
@@ -237,14 +211,14 @@ def _load_weights(path: str) -> dict:
 
 # --------------------------------------------------------------------------- run
 def _run_run(args: argparse.Namespace) -> int:
-    from .augmenter import VMSpec, default_owner
-    from .metastore import open_metastore
-    from .spd import SnapshotStore
-    from .updater import Updater
+    from ..augment import VMSpec, default_owner
+    from ..metastore import open_metastore
+    from ..spd import SnapshotStore
+    from ..service.updater import Updater
 
     vms = [VMSpec.parse(s) for s in args.day_files]
     owner = args.owner or default_owner()
-    keys = _spd_keys(args)
+    keys = spd_keys(args)
     if keys is None:
         logger.warning("no --spd-key-file: snapshots are checked by sha256 only, not authenticated")
     snapshots = SnapshotStore(args.snapshots, keys=keys)
@@ -266,7 +240,7 @@ def _run_run(args: argparse.Namespace) -> int:
 def _run_jobs(args: argparse.Namespace, store: Any, snapshots: Any, vms: list, owner: str) -> int:
     """Augment the day once with the pinned or current snapshot; with ``--poll``, keep running and
     augment it again with each snapshot the loader makes current."""
-    from .loader import SnapshotLoader
+    from ..service.loader import SnapshotLoader
 
     if args.snapshot is not None or args.poll is None:
         snapshot_id = args.snapshot
@@ -302,15 +276,15 @@ def _run_jobs(args: argparse.Namespace, store: Any, snapshots: Any, vms: list, o
 
 
 def _job(args: argparse.Namespace, vms: list, snapshot_id: str) -> Any:
-    from .augmenter import AugmentJob
+    from ..augment import AugmentJob
 
     return AugmentJob.from_day_files(vms, snapshot_id, args.out, day=args.day, shard_rows=args.shard_rows)
 
 
 def _augment(args: argparse.Namespace, store: Any, job: Any, owner: str, loaded: Any) -> None:
     """Run one worker on ``job`` with the ``loaded`` snapshot; prints its report as a JSON line."""
-    from .augmenter import run_worker
-    from .engines import make_engine
+    from ..augment import run_worker
+    from ..augment.engines import make_engine
 
     engine = (None if args.engine == "inproc" else
               (lambda _l: make_engine("ray", snapshot_store_root=args.snapshots, snapshot_id=loaded.snapshot_id,
@@ -323,10 +297,10 @@ def _augment(args: argparse.Namespace, store: Any, job: Any, owner: str, loaded:
 
 def run_das(args: argparse.Namespace) -> int:
     """Run a parsed ``exfm das`` command; input errors become exit status 2 with one clear line."""
-    from ..data.dayfile import DayFileError
-    from .augmenter import AugmentError
-    from .metastore import MetastoreError
-    from .spd import SPDError
+    from ...data.dayfile import DayFileError
+    from ..augment import AugmentError
+    from ..metastore import MetastoreError
+    from ..spd import SPDError
 
     # FeatureMapMismatch and WeightsMismatch are SPDErrors
     errors = (AugmentError, DayFileError, MetastoreError, SPDError, FileNotFoundError, ValueError)

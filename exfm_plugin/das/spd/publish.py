@@ -1,6 +1,6 @@
 """Writing a snapshot's files into a directory that will be renamed into the SPD.
 
-:meth:`.spd.SnapshotStore.publish` checks its arguments, then calls :func:`write_snapshot` on a
+:meth:`.store.SnapshotStore.publish` checks its arguments, then calls :func:`write_snapshot` on a
 temporary directory of :func:`exfm_plugin.fsutil.atomic_dir` (which fsyncs everything and
 renames it into place). Everything ``build_model`` and fuxictr's pretrained-embedding loader
 need is copied in and resolved inside the snapshot directory.

@@ -6,8 +6,7 @@ external links to the VM's day file), then the manifest that marks the job compl
 idempotent (a split already written for this plan is kept) and atomic (every file is
 :func:`exfm_plugin.fsutil.atomic_file`), so several workers may run it at once.
 
-``plan.json`` is created exclusively by the first worker (:func:`ensure_plan_file`); later
-workers compare fingerprints and are refused if they were given other inputs.
+Stage 1's ``plan.json`` is not written here but by :func:`~.plan.ensure_plan_file`.
 """
 from __future__ import annotations
 
@@ -16,52 +15,21 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import h5py
 import numpy as np
 
-from ..data.dayfile import DayFileError, read_day_attrs, write_fm_supervision
-from ..fsutil import atomic_file, is_temp_name
+from ...data.dayfile import DayFileError, read_day_attrs, write_fm_supervision
+from ...fsutil import is_temp_name, write_json_atomic
 from .engines import ID_COLUMN
-from .plan import MANIFEST_FILE, PLAN_FILE, SHARD_DIR, AugmentError, AugmentJob, JobPlan
+from .plan import MANIFEST_FILE, SHARD_DIR, AugmentError, AugmentJob, JobPlan
 
-__all__ = ["assemble", "ensure_plan_file", "manifest_is_current", "write_json_atomic"]
+__all__ = ["assemble", "manifest_is_current"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("exfm_plugin.das.assemble")  # the name before das/ became subpackages
 
 #: stage 2 removes temp files of killed writers once they are this old (seconds)
 ORPHAN_TEMP_AGE = 600.0
-
-
-def write_json_atomic(path: str, data: Mapping[str, Any], *, exclusive: bool = False) -> bool:
-    """Write JSON atomically (:func:`~exfm_plugin.fsutil.atomic_file`); ``exclusive``: only if
-    ``path`` does not exist yet; returns whether this call created the file."""
-    try:
-        with atomic_file(path, exclusive=exclusive) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-    except FileExistsError:
-        if not exclusive:
-            raise
-        return False
-    return True
-
-
-def ensure_plan_file(plan: JobPlan) -> None:
-    """The first worker records the plan; later ones check they were given the same inputs."""
-    path = os.path.join(plan.job.job_dir, PLAN_FILE)
-    data = plan.to_json()
-    if write_json_atomic(path, data, exclusive=True):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    if old.get("fingerprint") != plan.fingerprint:
-        diff = sorted(k for k in set(old) | set(data) if k != "fingerprint" and old.get(k) != data.get(k))
-        raise AugmentError(f"{path}: job {plan.job.job_id} was planned with other inputs (differs in "
-                           f"{diff or ['the example ids']}); use another --out or the same VM day files "
-                           f"and --shard-rows")
 
 
 def _read_shard(path: str, job: AugmentJob, plan: JobPlan) -> dict[str, np.ndarray]:
