@@ -2,7 +2,7 @@
 
     exfm prep --dataset taobaoad|amazon|kuaivideo --source raw|bars|synthetic \\
               --input DIR --out DIR [--seed N] [--size tiny|small|medium|full]
-    exfm das publish|run|status ...   (the Data Augmentation Service; see exfm_plugin/das/cli.py)
+    exfm das publish|run|status ...   (the Data Augmentation Service; see exfm_plugin/das/cli/main.py)
     exfm run --grid GRID [--data-root DIR] [--device cpu|cuda:0 | --gpu N] [--seeds N]
     exfm report --records DIR|FILE ... --out DIR
     exfm grids                          (the shipped grids: exfm run --grid NAME)
