@@ -6,6 +6,9 @@ parsers' own setting (``allow_abbrev=False``), not one inherited from the ``exfm
 from __future__ import annotations
 
 import argparse
+import ast
+import subprocess
+import sys
 
 import pytest
 
@@ -47,3 +50,24 @@ def test_full_flags_still_parse():
     args = top.parse_args(["das", "run", "--snapshots", "S", "--day-files", "a=x.h5", "--out", "O",
                            "--shard-rows", "10"])
     assert (args.snapshots, args.day_files, args.out, args.shard_rows) == ("S", ["a=x.h5"], "O", 10)
+
+
+def test_building_the_parser_imports_no_das_subsystem():
+    """``exfm --help`` must stay fast: the das CLI package imports argparse, not the SPD (torch),
+    the augmenter or the metastore (kazoo); they are imported when a command runs."""
+    code = ("import sys, exfm_plugin.das.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('exfm_plugin.das.', 'kazoo'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert ast.literal_eval(out.strip()) == ["exfm_plugin.das.cli", "exfm_plugin.das.cli.common",
+                                             "exfm_plugin.das.cli.main", "exfm_plugin.das.cli.status"]
+
+
+def test_the_das_package_resolves_its_public_names_from_the_subpackages():
+    import exfm_plugin.das as das
+    from exfm_plugin.das import augment, metastore, service, spd
+
+    homes = (spd, metastore, augment, service)
+    for name in das.__all__:
+        assert any(getattr(home, name, None) is getattr(das, name) for home in homes), name
+    with pytest.raises(AttributeError, match="no attribute 'worker'"):
+        das.worker  # the old flat modules are gone: exfm_plugin.das.augment.worker
