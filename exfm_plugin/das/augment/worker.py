@@ -27,9 +27,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...fsutil import atomic_file
+from ..metastore import DONE, LeaseLostError, MetadataStore, MetastoreError, MetastoreUnavailable
 from .assemble import assemble, manifest_is_current
 from .engines import ID_COLUMN, Engine, InProcessEngine, ShardAbandoned
-from ..metastore import DONE, LeaseLostError, MetadataStore, MetastoreError, MetastoreUnavailable
 from .plan import AugmentError, AugmentJob, JobPlan, check_job, default_owner, ensure_plan_file, plan_job
 
 __all__ = ["SLOW_SHARD_ENV", "WorkerReport", "run_worker"]
