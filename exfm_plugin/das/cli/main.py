@@ -296,8 +296,10 @@ def _augment(args: argparse.Namespace, store: Any, job: Any, owner: str, loaded:
 
 
 def run_das(args: argparse.Namespace) -> int:
-    """Run a parsed ``exfm das`` command; input errors become exit status 2 with one clear line."""
+    """Run a parsed ``exfm das`` command; input errors are raised as ExfmInputError, which
+    ``exfm_plugin.cli.main`` (the one formatter) prints as one line, exit status 2."""
     from ...data.dayfile import DayFileError
+    from ...errors import ExfmInputError
     from ..augment import AugmentError
     from ..metastore import MetastoreError
     from ..spd import SPDError
@@ -307,5 +309,6 @@ def run_das(args: argparse.Namespace) -> int:
     try:
         return int(args.das_func(args) or 0)
     except errors as exc:
-        print(f"exfm das {args.das_command}: {exc}", file=sys.stderr)
-        return 2
+        if isinstance(exc, ExfmInputError):
+            raise
+        raise ExfmInputError(str(exc)) from exc  # the same text, printed by main()
