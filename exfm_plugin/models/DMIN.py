@@ -1,6 +1,7 @@
 """DMIN: Deep Multi-Interest Network (Xiao et al., CIKM 2020) as an ExFM model (a teacher FM
 in the paper's public experiments), computing what FuxiCTR's model_zoo/DMIN computes
-(``dmin_layers`` lists every point and the one deliberate difference, the refiner mask).
+(``dmin_layers`` and ``dmin_attention`` list every point and the one deliberate difference,
+the refiner mask).
 
 The backbone output ``x`` is the last DNN hidden layer of ``DMINEncoder``; the serving head is
 the reference DNN's output layer ``Linear(x -> 1)``. The auxiliary loss (``aux_loss_lambda`` > 0,
@@ -19,12 +20,12 @@ from .dmin_layers import DMINEncoder
 
 class DMIN(ExFMModel):
     """Deep Multi-Interest Network (Xiao et al., CIKM 2020), computing what FuxiCTR's model_zoo
-    DMIN computes (``dmin_layers`` lists every point and the one deliberate difference, the
-    refiner mask): per (target, sequence) pair a behaviour refiner (self-attention), a
-    multi-head interest extractor and one target attention per head; the interests and the
-    other field embeddings feed a DNN. ``backbone`` returns the DNN's last hidden layer and
-    ``serving_head`` is its output layer ``Linear(x -> 1)``. A teacher FM of the paper's
-    public experiments.
+    DMIN computes (``dmin_layers`` and ``dmin_attention`` list every point and the one
+    deliberate difference, the refiner mask): per (target, sequence) pair a behaviour refiner
+    (self-attention), a multi-head interest extractor and one target attention per head; the
+    interests and the other field embeddings feed a DNN. ``backbone`` returns the DNN's last
+    hidden layer and ``serving_head`` is its output layer ``Linear(x -> 1)``. A teacher FM of
+    the paper's public experiments.
 
     Args:
         feature_map (FeatureMap): the dataset's feature specs (fuxictr's ``FeatureMap``).
