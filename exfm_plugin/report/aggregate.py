@@ -5,7 +5,7 @@ with its 95% t-interval, and the constant predictor of each test day and unit.
 seeds is below the mean log loss of the constant predictor (at ``ne_base_rate``) on the same
 test rows of the same records; since FM, VMs and the constant share one normaliser this is the
 same as NE below the constant's NE. ``NE < 1`` (below the entropy of the training click rate,
-SPEC.md's competence criterion) is reported beside it.
+docs/method.md's competence criterion, Premises) is reported beside it.
 """
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def method_pair(index: SeedIndex, ok_vm_rows: list[dict[str, Any]], first: str,
 
 
 def adapter_effect(index: SeedIndex, ok_vm_rows: list[dict[str, Any]]) -> list[tuple[dict, list]]:
-    """The Student Adapter's own effect: ``ah_sa`` − ``ah_sa_frozen`` (SPEC.md, Controls)."""
+    """The Student Adapter's own effect: ``ah_sa`` − ``ah_sa_frozen`` (docs/method.md, The methods)."""
     return method_pair(index, ok_vm_rows, ADAPTER_CONTROL, "ah_sa")
 
 

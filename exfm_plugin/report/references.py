@@ -2,7 +2,7 @@
 (``exfm_plugin/reference``; ``benchmarks/reference`` in a checkout links there).
 
 They are printed beside ours, never mixed into our means: the paper ran on real data with one
-inference, and several of its numbers are odd (SPEC.md, Statistics).
+inference, and several of its numbers are odd (docs/method.md, Statistics).
 """
 from __future__ import annotations
 

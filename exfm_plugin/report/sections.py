@@ -127,7 +127,7 @@ def ah_vs_kd_section(index: SeedIndex, ok_vm: list[dict[str, Any]], premises: Pr
 
 
 def adapter_section(index: SeedIndex, ok_vm: list[dict[str, Any]], premises: Premises) -> list[str]:
-    """``ah_sa`` − ``ah_sa_frozen`` per seed: the Student Adapter's own effect (SPEC.md, Controls)."""
+    """``ah_sa`` − ``ah_sa_frozen`` per seed: the Student Adapter's own effect (docs/method.md, The methods)."""
     return _pair_table(
         f"### The adapter's own effect (`ah_sa` − `{ADAPTER_CONTROL}`)", adapter_effect(index, ok_vm),
         f"`{ADAPTER_CONTROL}` is `ah_sa` with the Student Adapter frozen at its identity start (same heads, same "
