@@ -5,12 +5,12 @@ per level (``<grid>@domain_shift=0.5``). For each such family this module comput
 the claim's seed-paired effect (per seed, averaged over the level's units first: its domains, or
 its tasks) with a 95% t-interval, and the premises measured beside it:
 
-- ``table4`` shape (cross-domain bias, what AH is for): ``ah`` − ``kd``; beside it the FM's bias,
+- one VM per domain (Table 4's shape: cross-domain bias, what AH is for): ``ah`` − ``kd``; beside it the FM's bias,
   its per-domain NE above the oracle's (mean over domains) and the spread of its per-domain
   calibration (max − min), and the teacher margin (FM − ``none`` AUC, mean over domains);
-- ``fig9`` shape (freshness, what SA is for): ``ah_sa`` − ``ah_sa_frozen`` per FM staleness;
+- an FM frozen on purpose (Figure 9's shape: freshness, what SA is for): ``ah_sa`` − ``ah_sa_frozen`` per FM staleness;
   beside it the teacher margin of the same FM;
-- any other shape: ``ah`` − ``none``.
+- otherwise: ``ah`` − ``none``.
 
 Across all records, :func:`margin_points` pairs each pairing's teacher margin with its ``kd`` and
 ``ah`` gains (distillation gain along the margin).
@@ -22,14 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts import ADAPTER_CONTROL, WORLD_LEVEL_SEPARATOR, base_grid_name
-from .markdown import grid_shape, md_table
+from .markdown import md_table
 from .premises import FM_KEY, Premises
 from .stats import Interval, format_interval, t_interval, verdict
 
 DIALS = ("drift", "domain_shift")
-CLAIMS = {"table4": ("kd", "ah", "AH vs KD (`ah` − `kd`) along cross-domain bias"),
-          "fig9": (ADAPTER_CONTROL, "ah_sa", f"the adapter (`ah_sa` − `{ADAPTER_CONTROL}`) along freshness")}
-DEFAULT_CLAIM = ("none", "ah", "`ah` − `none` along the dial")
+CLAIMS = {"domains": ("kd", "ah", "AH vs KD (`ah` − `kd`) along cross-domain bias"),
+          "staleness": (ADAPTER_CONTROL, "ah_sa", f"the adapter (`ah_sa` − `{ADAPTER_CONTROL}`) along freshness"),
+          "single": ("none", "ah", "`ah` − `none` along the dial")}
+
+
+def shape_of(rows: list[dict[str, Any]]) -> str:
+    """Which claim a family's records are about: one VM per domain (Table 4's shape: cross-domain
+    bias), an FM frozen on purpose (Figure 9's shape: freshness), or neither."""
+    if any(r.get("domain") is not None for r in rows):
+        return "domains"
+    if any(r.get("fm_frozen_after_day") is not None for r in rows):
+        return "staleness"
+    return "single"
 
 
 def families(grids: list[str]) -> dict[str, list[str]]:
@@ -68,10 +78,10 @@ def _intervals(values: dict[tuple, dict[int, float]]) -> dict[Any, Interval]:
 def level_effects(shape: str, rows: list[dict[str, Any]]) -> dict[str, dict[Any, Interval]]:
     """For one level's ok rows: the claim's effect (ΔAUC, ΔNE) and its premise measures, each per
     series (the FM staleness for ``fig9``, one series otherwise) as an interval over seeds."""
-    first, second, _ = CLAIMS.get(shape, DEFAULT_CLAIM)
+    first, second, _ = CLAIMS[shape]
     vm = [r for r in rows if r["kind"] == "vm" and r["label_scale"] == r["grad_scale"] == r["loss_weight"] == 1.0]
     fm = [r for r in rows if r["kind"] == "fm"]
-    series = (lambda r: r.get("fm_staleness_days") or 0) if shape == "fig9" else (lambda r: "all")
+    series = (lambda r: r.get("fm_staleness_days") or 0) if shape == "staleness" else (lambda r: "all")
     unit = lambda r: (r["domain"], r["task"], r["teacher"], r["student"])  # noqa: E731
     by: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in vm:
@@ -89,7 +99,7 @@ def level_effects(shape: str, rows: list[dict[str, Any]]) -> dict[str, dict[Any,
     for f in fm:
         if f.get("oracle_NE") is not None:
             out["FM NE above oracle"][(series(f), unit(f))][f["seed"]] = f["NE"] - f["oracle_NE"]
-    if shape == "table4":
+    if shape == "domains":
         calib: dict[int, list[float]] = defaultdict(list)
         for f in fm:
             if f.get("calibration") is not None:
@@ -108,7 +118,7 @@ def dose_table(family: list[str], ok: list[dict[str, Any]]) -> tuple[str, list[d
         level = [r for r in rows if r["grid"] == g]
         if not level:
             continue
-        effects = level_effects(grid_shape(g), level)
+        effects = level_effects(shape_of(rows), level)
         for s in sorted({s for iv in effects.values() for s in iv}, key=str):
             series = f"world {level[0].get('data_seed')}" + ("" if s == "all" else f", {s}") if worlds else s
             x = level[0].get("data_seed") if dial == "data_seed" else level[0].get(f"world_{dial}")
@@ -118,8 +128,8 @@ def dose_table(family: list[str], ok: list[dict[str, Any]]) -> tuple[str, list[d
 
 def dose_section(family_name: str, family: list[str], ok: list[dict[str, Any]]) -> list[str]:
     """Markdown: per level, the claim's effect with its verdict and the premises beside it."""
-    shape = grid_shape(family[0])
-    _, _, claim = CLAIMS.get(shape, DEFAULT_CLAIM)
+    shape = shape_of([r for r in ok if r["grid"] in family])
+    _, _, claim = CLAIMS[shape]
     dial, table = dose_table(family, ok)
     if not table:
         return []
@@ -131,7 +141,7 @@ def dose_section(family_name: str, family: list[str], ok: list[dict[str, Any]]) 
         rows.append([f"{r['dial']:g}" if r["dial"] is not None else "—", r["series"]]
                     + [format_interval(r.get(m)) for m in measures]
                     + [verdict(auc) if auc else "—"])
-    series_name = "FM staleness (days)" if shape == "fig9" else "series"
+    series_name = "FM staleness (days)" if shape == "staleness" else "series"
     return ([f"## Dose-response: {claim} ({family_name}, dial `{dial}`)", "",
              "Per level: the claim's seed-paired effect, averaged over the level's units (domains/tasks) within "
              "each seed, mean [95% t-interval over seeds]; beside it the premises measured on the same records. "
@@ -171,7 +181,8 @@ def plot_dose(family: list[str], ok: list[dict[str, Any]], path: Path, title: st
         return False
     fig, grid = new_figure(2)
     axes = grid[0]
-    panels = ((axes[0], ["ΔAUC"], "claim: ΔAUC (second − first)"),
+    first, second, _ = CLAIMS[shape_of([r for r in ok if r["grid"] in family])]
+    panels = ((axes[0], ["ΔAUC"], f"claim: {second} − {first}, ΔAUC"),
               (axes[1], ["teacher margin ΔAUC", "FM NE above oracle", "FM calibration spread"], "premises"))
     for ax, measures, label in panels:
         lines = [(m, s) for m in measures for s in sorted({r["series"] for r in table}, key=str)
