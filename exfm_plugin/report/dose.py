@@ -7,7 +7,8 @@ its tasks) with a 95% t-interval, and the premises measured beside it:
 
 - one VM per domain (Table 4's shape: cross-domain bias, what AH is for): ``ah`` − ``kd``; beside it the FM's bias,
   its per-domain NE above the oracle's (mean over domains) and the spread of its per-domain
-  calibration (max − min), and the teacher margin (FM − ``none`` AUC, mean over domains);
+  calibration (max − min), the teacher margin (FM − ``none`` AUC, mean over domains) and the
+  students' competence (``none`` NE − the constant's, below 0 = competent);
 - an FM frozen on purpose (Figure 9's shape: freshness, what SA is for): ``ah_sa`` − ``ah_sa_frozen`` per FM staleness;
   beside it the teacher margin of the same FM;
 - otherwise: ``ah`` − ``none``.
@@ -93,6 +94,8 @@ def level_effects(shape: str, rows: list[dict[str, Any]]) -> dict[str, dict[Any,
             out["ΔAUC"][key][seed] = b["AUC"] - a["AUC"]
             out["ΔNE"][key][seed] = b["NE"] - a["NE"]
         for seed, none in methods.get("none", {}).items():
+            if none.get("constant_NE") is not None:
+                out["none NE − constant NE"][key][seed] = none["NE"] - none["constant_NE"]
             match = [f for f in fm if f["seed"] == seed and all(f[k] == none[k] for k in FM_KEY)]
             if match:
                 out["teacher margin ΔAUC"][key][seed] = match[0]["AUC"] - none["AUC"]
@@ -133,7 +136,8 @@ def dose_section(family_name: str, family: list[str], ok: list[dict[str, Any]]) 
     dial, table = dose_table(family, ok)
     if not table:
         return []
-    measures = [m for m in ("ΔAUC", "ΔNE", "teacher margin ΔAUC", "FM NE above oracle", "FM calibration spread")
+    measures = [m for m in ("ΔAUC", "ΔNE", "none NE − constant NE", "teacher margin ΔAUC", "FM NE above oracle",
+                            "FM calibration spread")
                 if any(r.get(m) for r in table)]
     rows = []
     for r in table:

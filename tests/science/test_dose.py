@@ -27,7 +27,8 @@ def level_rows(shift: float, gap: float) -> list[dict]:
             common = dict(BASE, grid=grid, world_domain_shift=shift, seed=s, domain=d)
             wiggle = 0.001 * (s - 1) + 0.0005 * k
             for method, auc in (("none", 0.60), ("kd", 0.62), ("ah", 0.62 + gap + wiggle)):
-                rows.append(dict(common, kind="vm", student="DeepFM", method=method, AUC=auc, NE=1.0 - auc / 10))
+                rows.append(dict(common, kind="vm", student="DeepFM", method=method, AUC=auc, NE=1.0 - auc / 10,
+                                 constant_NE=1.0 - 0.001 * s))
             c = 1.0 + 0.05 * shift * (k - 1) + 0.01 * s
             calib.append(c)
             rows.append(dict(common, kind="fm", student=None, method=None, AUC=0.65 + 0.001 * s, NE=0.97,
@@ -48,6 +49,8 @@ def test_level_effects_by_hand():
         assert iv.mean == pytest.approx(np.mean(per_seed))
         assert (iv.lo, iv.hi) == (pytest.approx(np.mean(per_seed) - half), pytest.approx(np.mean(per_seed) + half))
         assert r["teacher margin ΔAUC"].mean == pytest.approx(0.051)
+    # the `none` students' NE against the constant's: 0.94 - (1 - 0.001 s), averaged over seeds
+    assert table[0]["none NE − constant NE"].mean == pytest.approx(-0.06 + 0.001)
     assert table[0]["FM NE above oracle"].mean == pytest.approx(0.01)
     assert table[1]["FM NE above oracle"].mean == pytest.approx(0.05)
     # calibration spread over the domains: 0.05 * shift * 2 in every seed
