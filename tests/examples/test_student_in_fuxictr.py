@@ -1,4 +1,4 @@
-"""examples/student_in_fuxictr.py (the README's "ExFM student in your FuxiCTR code", runnable)
+"""examples/student_in_fuxictr.py (the ExFM student in your FuxiCTR code, docs/architecture.md; runnable)
 runs end to end: DAS writes day 5's FM column, fuxictr's fit trains the wrapped student, and the
 metrics it prints agree with the data (NE recomputed from the day files)."""
 import json
