@@ -66,12 +66,13 @@ def _add_das(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
-    from .pipeline.cli import add_run_parser
+    from .pipeline.cli import add_plan_parser, add_run_parser
     from .report.cli import add_report_parser
 
     from .pipeline.cli_tools import add_export_parser, add_grids_parser
 
     add_run_parser(sub)
+    add_plan_parser(sub)
     add_report_parser(sub)
     add_grids_parser(sub)
     add_export_parser(sub)

@@ -51,6 +51,34 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_run)
 
 
+def add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="print a grid's steps (keys, built or not, shared by which cells); trains nothing",
+                       description="Replay a grid's records against the artifact directory without building "
+                                   "anything: every step (prep, FM per teacher/seed/day, DAS per FM snapshot and "
+                                   "day, VM link per cell chain and day, VM eval, FM eval), its content key, "
+                                   "whether it is built in WORK, and the cells that need it. The keys hash the "
+                                   "prepared data: if it is not built, only the prep step is shown, unless "
+                                   "--prepare builds it (data only).")
+    p.add_argument("--grid", required=True, nargs="+", metavar="GRID",
+                   help="grid file(s) or shipped grid name(s) (exfm grids lists them)")
+    p.add_argument("--work", default="work", metavar="DIR", help="artifact directory, as given to exfm run")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="as exfm run --data-root")
+    p.add_argument("--seeds", type=int_at_least(1), default=None, metavar="N", help="as exfm run --seeds")
+    p.add_argument("--size", default=None, help="as exfm run --size (tiny|small|medium|full or impressions)")
+    p.add_argument("--vm-schedule", default=None, choices=["day", "stream"], help="as exfm run --vm-schedule")
+    p.add_argument("--prepare", action="store_true",
+                   help="build the data steps (prep, domain split) if missing, so that every step can be "
+                        "planned; nothing is trained")
+    p.add_argument("--list", action="store_true", help="print every cell and every step (also -v/--verbose)")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .plan_cli import run_plan
+
+    return run_plan(args)
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``exfm run``: says how far the grid got; ``exfm_plugin.cli.main`` prints it as
     one line, exit 130. Recorded cells and finished steps are kept (a step being built leaves
