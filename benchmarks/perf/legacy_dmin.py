@@ -8,7 +8,7 @@ from torch import nn
 from fuxictr.pytorch.layers import FeatureEmbeddingDict, MLP_Block
 
 from exfm_plugin.models.base import ExFMModel
-from exfm_plugin.models.embedding import masked_sequence_mean
+from exfm_plugin.models.kernels.embedding import masked_sequence_mean
 
 FieldGroup = tuple[str, ...]
 

@@ -47,7 +47,7 @@ from shapes import (add_allocator_option, apply_allocator, bars_model_params,  #
                     interleaved_seconds, taobao_batches, taobao_feature_map)
 
 from exfm_plugin.models import MODEL_REGISTRY  # noqa: E402
-from exfm_plugin.models.sparse_optim import feature_embedding_tables  # noqa: E402
+from exfm_plugin.models.kernels.sparse_optim import feature_embedding_tables  # noqa: E402
 
 MODES = ("dense", "sparse", "exact")
 STALE_GAP = 10_000  # 'exact worst': every row last touched this many steps ago

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..metrics import ExFMMetricsMixin
 from ..models.base import check_protocol
-from ..models.sparse_optim import build_optimizer
+from ..models.kernels.sparse_optim import build_optimizer
 from ..models.training import TrainStepMixin, autocast, compiled
 from .config import DistillConfig
 from .grad_scale import grad_scale

@@ -11,7 +11,7 @@ from torch import nn
 from fuxictr.pytorch.layers import CrossNet, FeatureEmbeddingDict, MLP_Block
 
 from .base import ExFMModel
-from .embedding import field_embeddings
+from .kernels.embedding import field_embeddings
 
 
 class DCN(ExFMModel):

@@ -16,7 +16,7 @@ from torch import nn
 from fuxictr.pytorch.layers import CrossNetMix, CrossNetV2, FeatureEmbeddingDict, MLP_Block
 
 from .base import ExFMModel
-from .embedding import field_embeddings
+from .kernels.embedding import field_embeddings
 
 MODEL_STRUCTURES = ("crossnet_only", "stacked", "parallel", "stacked_parallel")
 

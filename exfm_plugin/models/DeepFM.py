@@ -13,7 +13,7 @@ from fuxictr.pytorch.layers import (FeatureEmbeddingDict, InnerProductInteractio
                                     LogisticRegression, MLP_Block)
 
 from .base import ExFMModel
-from .embedding import field_embeddings
+from .kernels.embedding import field_embeddings
 
 
 class DeepFM(ExFMModel):

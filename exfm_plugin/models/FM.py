@@ -9,7 +9,7 @@ import torch
 from fuxictr.pytorch.layers import FeatureEmbeddingDict, InnerProductInteraction, LogisticRegression
 
 from .base import ExFMModel
-from .embedding import field_embeddings
+from .kernels.embedding import field_embeddings
 
 
 class FM(ExFMModel):

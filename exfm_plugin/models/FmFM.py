@@ -12,7 +12,7 @@ from torch import nn
 from fuxictr.pytorch.layers import FeatureEmbeddingDict, LogisticRegression
 
 from .base import ExFMModel
-from .embedding import field_embeddings
+from .kernels.embedding import field_embeddings
 
 FIELD_INTERACTION_TYPES = ("vectorized", "matrixed")
 

@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .grouped_layers import (GroupedDice, GroupedMLP, add_target_terms_, dropout_, relu_dropout_,
+from .kernels.grouped_layers import (GroupedDice, GroupedMLP, add_target_terms_, dropout_, relu_dropout_,
                              target_product, xavier_normal_in_out_)
-from .masked_attention import masked_attention
+from .kernels.masked_attention import masked_attention
 
 NEG_INF = -1.0e9  # the reference's fill value for masked attention scores
 

@@ -9,7 +9,7 @@ reach them): ``embedding_update``, ``precision``, ``torch_compile``.
   table. When a batch touches every row the two are the same loss.
 - ``embedding_update: exact``: the same row-sparse gradients, updated by :class:`ExactAdam`, which
   replays the steps dense Adam gives a row without gradient when the row is next touched, so the
-  weights are dense Adam's (:mod:`exfm_plugin.models.exact_adam`); the model brings every row up
+  weights are dense Adam's (:mod:`exfm_plugin.models.kernels.exact_adam`); the model brings every row up
   to date on ``eval()`` / ``train(False)``, ``state_dict()`` and copies. The embedding regulariser
   covers the touched rows, as with ``sparse`` (the one part that is not dense Adam's).
 - ``precision: fp32 | bf16`` (default ``fp32``): ``bf16`` runs the training forward and loss
@@ -35,8 +35,8 @@ from fuxictr.pytorch.torch_utils import get_regularizer
 from torch import nn
 
 from ..errors import check_choice
-from .exact_adam import catch_up_parameters, catch_up_rows
-from .sparse_optim import (EMBEDDING_UPDATES, build_optimizer, check_learning_rate, clip_grad_norm_,
+from .kernels.exact_adam import catch_up_parameters, catch_up_rows
+from .kernels.sparse_optim import (EMBEDDING_UPDATES, build_optimizer, check_learning_rate, clip_grad_norm_,
                            enable_sparse_embeddings, touched_rows_penalty, union_rows)
 
 logger = logging.getLogger(__name__)

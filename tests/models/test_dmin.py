@@ -20,7 +20,7 @@ from exfm_plugin.config import load_experiment
 from exfm_plugin.models import DMIN, MODEL_REGISTRY
 from exfm_plugin.models.dmin_layers import (BehaviorRefiner, MultiInterestExtractor, allowed_keys,
                                             normalize_field_pairs)
-from exfm_plugin.models.grouped_layers import GroupedDice
+from exfm_plugin.models.kernels.grouped_layers import GroupedDice
 from tiny_data import (SEQ_LEN, build_tiny_model as build, first_batch, full_data_loss, make_tiny_data,
                        model_kwargs)
 

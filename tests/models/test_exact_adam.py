@@ -15,8 +15,8 @@ from torch import nn
 
 from exfm_plugin.distill import DistillConfig, ExFMStudent, export_serving_model
 from exfm_plugin.models import MODEL_REGISTRY
-from exfm_plugin.models.exact_adam import ExactAdam, catch_up_horizon, catch_up_rows, skipped_steps_delta
-from exfm_plugin.models.sparse_optim import feature_embedding_tables
+from exfm_plugin.models.kernels.exact_adam import ExactAdam, catch_up_horizon, catch_up_rows, skipped_steps_delta
+from exfm_plugin.models.kernels.sparse_optim import feature_embedding_tables
 from exfm_plugin.pipeline.vm_stages import _named_optimizer_state
 from test_sparse_embedding import VOCAB, fmap, full_cover_batch, with_random_embeddings  # noqa: F401
 from tiny_data import model_kwargs

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from exfm_plugin.models.grouped_layers import GroupedMLP
+from exfm_plugin.models.kernels.grouped_layers import GroupedMLP
 
 G, N, IN, UNITS = 3, 257, 6, [16, 8]
 
@@ -81,7 +81,7 @@ def test_first_pre_is_consumed_in_place_and_gradients_reach_its_producer():
 def test_target_terms_are_added_in_place_with_the_gathered_formula(packed, with_pos, block):
     """pre[h, m] + row_term[h, row(m)] + pos_term[h, pos(m)], in value and in every gradient,
     for every position of a (B, L) batch or a packed subset, whatever the block size."""
-    from exfm_plugin.models.grouped_layers import add_target_terms_
+    from exfm_plugin.models.kernels.grouped_layers import add_target_terms_
 
     torch.manual_seed(2)
     H, B, L, U = 2, 5, 4, 3
@@ -128,7 +128,7 @@ def test_backward_twice_with_retain_graph_gives_the_same_gradients(activation):
 
 @pytest.mark.parametrize("block_elements", [1, 7, 1 << 22])
 def test_mean_of_product_in_blocks_is_the_mean_of_the_product(block_elements):
-    from exfm_plugin.models.grouped_layers import mean_of_product
+    from exfm_plugin.models.kernels.grouped_layers import mean_of_product
 
     torch.manual_seed(6)
     a, b = torch.randn(3, 101, 5, dtype=torch.float64), torch.randn(3, 101, 5, dtype=torch.float64)
@@ -139,7 +139,7 @@ def test_mean_of_product_in_blocks_is_the_mean_of_the_product(block_elements):
 @pytest.mark.parametrize("shape", [(5,), (3, 257, 16), (2, 3, 4, 5)])
 def test_dropout_noise_is_the_mask_f_dropout_draws(p, shape):
     """Same seed, same mask: x * dropout_noise(x, p) equals F.dropout(x, p) bit for bit."""
-    from exfm_plugin.models.grouped_layers import dropout_noise
+    from exfm_plugin.models.kernels.grouped_layers import dropout_noise
 
     x = torch.randn(shape)
     for seed in range(3):
@@ -157,7 +157,7 @@ def test_dropout_noise_is_the_mask_f_dropout_draws(p, shape):
 def test_target_product_is_z_times_the_broadcast_terms(with_pos, block_elements):
     """z * (t_row[b] + t_pos[l]) at every (b, l), in value and in all three gradients, whatever
     the block size of the backward's reductions."""
-    from exfm_plugin.models.grouped_layers import target_product
+    from exfm_plugin.models.kernels.grouped_layers import target_product
 
     torch.manual_seed(8)
     H, B, L, d = 2, 5, 4, 3

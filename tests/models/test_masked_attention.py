@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from exfm_plugin.models.dmin_layers import allowed_keys
-from exfm_plugin.models.masked_attention import masked_attention
+from exfm_plugin.models.kernels.masked_attention import masked_attention
 
 B, H, L, HD = 3, 2, 7, 4
 

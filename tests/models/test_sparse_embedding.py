@@ -17,7 +17,7 @@ from torch import nn
 
 from exfm_plugin.distill import DistillConfig, ExFMStudent
 from exfm_plugin.models import MODEL_REGISTRY
-from exfm_plugin.models.sparse_optim import LazyAdam, clip_grad_norm_, feature_embedding_tables
+from exfm_plugin.models.kernels.sparse_optim import LazyAdam, clip_grad_norm_, feature_embedding_tables
 from tiny_data import make_tiny_data, model_kwargs
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -323,7 +323,7 @@ def test_student_keeps_untouched_rows_of_a_sparse_vm(fmap, tmp_path):
 def test_pooled_sequence_fields_equal_the_masked_mean_of_the_lookup(mode, fmap, tmp_path):
     """field_embeddings pools a history with embedding_bag; the value and the gradient equal
     the masked mean of fuxictr's (B, L, D) lookup."""
-    from exfm_plugin.models.embedding import field_embeddings, masked_sequence_mean
+    from exfm_plugin.models.kernels.embedding import field_embeddings, masked_sequence_mean
 
     model = with_random_embeddings(build("FM", fmap, tmp_path, mode))
     model.train()
@@ -344,7 +344,7 @@ def test_pooled_sequence_fields_equal_the_masked_mean_of_the_lookup(mode, fmap, 
 
 @pytest.mark.parametrize("num_rows", [12, 400])  # the dense-buffer merge and the sort
 def test_coalesce_rows_equals_torch_coalesce(num_rows):
-    from exfm_plugin.models.sparse_optim import coalesce_rows
+    from exfm_plugin.models.kernels.sparse_optim import coalesce_rows
 
     gen = torch.Generator().manual_seed(0)
     pieces = []
@@ -390,7 +390,7 @@ def test_the_multitask_dmin_takes_the_training_options(tmp_path):
 # ------------------------------------------------------------------------------ the fused bag
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from exfm_plugin.models.sparse_optim import bag_sum  # noqa: E402
+from exfm_plugin.models.kernels.sparse_optim import bag_sum  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None)

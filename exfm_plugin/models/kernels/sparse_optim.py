@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from torch import nn
 
-from ..errors import InputError, check_choice
+from ...errors import InputError, check_choice
 
 EMBEDDING_UPDATES = ("dense", "sparse", "exact")
 
@@ -315,7 +315,7 @@ def check_learning_rate(lr: object) -> None:
 def build_optimizer(optimizer: str | type, params: Iterable[nn.Parameter], lr: float,
                     embedding_update: str) -> torch.optim.Optimizer:
     """fuxictr's ``get_optimizer`` for ``dense``; :class:`LazyAdam` for ``sparse`` and
-    :class:`~exfm_plugin.models.exact_adam.ExactAdam` for ``exact``, which only have an Adam
+    :class:`~exfm_plugin.models.kernels.exact_adam.ExactAdam` for ``exact``, which only have an Adam
     form, so any other optimizer name is an error."""
     check_choice("embedding_update", embedding_update, EMBEDDING_UPDATES)
     check_learning_rate(lr)
