@@ -26,14 +26,16 @@ from .sections import (adapter_section, ah_vs_kd_section, distinct_tally_section
 
 log = logging.getLogger(__name__)
 
-KNOWN_GRIDS = ("table2", "table3", "table4", "table5", "fig9", "fig12", "fig10_11")
+KNOWN_GRIDS = ("table2", "table3", "table4", "table5", "fig9", "fig12", "fig10_11", "bias", "freshness")
 GRID_TITLES = {"table2": "Table 2 shape: TaobaoAd, teacher × student × method",
                "table3": "Table 3 shape: Amazon Electronics, teacher × student × method",
                "table4": "Table 4 shape: one shared FM, one VM per domain",
                "table5": "Table 5 shape: one multi-task FM, one VM per task",
                "fig9": "Figure 9: FM staleness, with and without SA",
                "fig12": "Figure 12: joint LS / GS / LW grid",
-               "fig10_11": "Figures 10-11: LW / LS and GS sweeps"}
+               "fig10_11": "Figures 10-11: LW / LS and GS sweeps",
+               "bias": "Table 4 shape at one level of cross-domain bias (world dial domain_shift)",
+               "freshness": "Figure 9 shape at one level of freshness (world dial drift)"}
 SHAPE_NOTES = {"table4": "Our domains 0/1/2 are matched to the paper's domains 1/2/3 by position.",
                "table5": "Our tasks is_click/is_like/is_follow are the paper's click/like/follow."}
 
