@@ -27,8 +27,8 @@ def write_cell_index(grid: str, rows: list[dict[str, Any]], out: Path) -> Path |
                    key=lambda r: (r["teacher"], r["student"], METHODS.index(r["method"]) if r["method"] in METHODS
                                   else len(METHODS), r["method"], r["round"], str(r["domain"]),
                                   str(r["task"]), scale_label(r), r["seed"]))
-    if not cells:
-        return None
+    if not any(cell_folder(r).is_dir() for r in cells):
+        return None  # records copied without their folders (e.g. docs/science_check): no dead links
     table = []
     for r in cells:
         folder = cell_folder(r)
@@ -36,7 +36,8 @@ def write_cell_index(grid: str, rows: list[dict[str, Any]], out: Path) -> Path |
         links = (f"[params]({rel}/{PARAMS_FILE}) · [log]({rel}/{LOG_FILE}) · [losses]({rel}/{LOSSES_FILE})"
                  if folder.is_dir() else f"`{rel}` (not found from here)")
         unit = r["domain"] if r["domain"] is not None else r["task"]
-        table.append([f"[`{r['cell_id']}`]({rel}/)", r["teacher"], r["student"], r["method"], scale_label(r),
+        name = f"[`{r['cell_id']}`]({rel}/)" if folder.is_dir() else f"`{r['cell_id']}`"
+        table.append([name, r["teacher"], r["student"], r["method"], scale_label(r),
                       r["round"], unit, r["seed"], fmt(r["AUC"]), fmt(r["logloss"]), links])
     path = out / INDEX_NAME.format(grid=grid)
     lines = [f"# {grid}: per-cell outputs", "",
