@@ -31,6 +31,7 @@ LICENSED = "premises hold"
 NO_TEACHER_ADVANTAGE = "no teacher advantage"
 NOT_COMPETENT = "student not competent"
 STALE_BY_DESIGN = "FM stale by design"
+NOT_MEASURED = "teacher margin not measured"  # no FM record shares a seed with the `none` VM
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,15 @@ class Premises:
 
     def status(self, row: dict[str, Any]) -> str:
         """:data:`LICENSED` when the pairing's student is competent and its teacher margin is
-        resolved and positive; otherwise what is missing (a stale-by-design FM is named as such)."""
+        resolved and positive; otherwise what is missing (a stale-by-design FM is named as such,
+        a pairing without an FM record of a common seed is "not measured")."""
         key = tuple(row[k] for k in NONE_KEY)
         if not self._competent.get(key, False):
             return NOT_COMPETENT
         margin = self.margins.get(key)
-        if margin is not None and margin.resolved:
+        if margin is None:
+            return NOT_MEASURED
+        if margin.resolved:
             return LICENSED
         stale = row.get("fm_frozen_after_day") is not None and (row.get("fm_staleness_days") or 0) > 0
         return STALE_BY_DESIGN if stale else NO_TEACHER_ADVANTAGE

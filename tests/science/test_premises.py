@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from exfm_plugin.report.premises import (LICENSED, MIN_MARGIN_AUC, NO_TEACHER_ADVANTAGE, NOT_COMPETENT,
+from exfm_plugin.report.premises import (LICENSED, MIN_MARGIN_AUC, NO_TEACHER_ADVANTAGE, NOT_COMPETENT, NOT_MEASURED,
                                          STALE_BY_DESIGN, Premises, headroom_share)
 
 BASE = dict(grid="g", dataset="taobaoad", data_source="synthetic", teacher="DMIN", round=0, test_day=6,
@@ -58,6 +58,12 @@ def test_competence_comes_first_and_a_deliberately_stale_fm_is_named():
     stale = dict(fm_frozen_after_day=2, fm_staleness_days=3)
     p = Premises(rows(none, fm, **stale), [none_cell(**stale)])  # the stale FM is weaker
     assert p.status(none_cell(**stale)) == STALE_BY_DESIGN
+
+
+def test_a_pairing_without_fm_records_is_not_measured():
+    none_only = [r for r in rows([0.70, 0.69, 0.71], [0.66, 0.665, 0.672]) if r["kind"] == "vm"]
+    p = Premises(none_only, [none_cell()])
+    assert p.margin(none_cell()) is None and p.status(none_cell()) == NOT_MEASURED
 
 
 def test_headroom_share():
