@@ -120,7 +120,7 @@ def _grid_section(g: str, cells: list[dict], consts: dict[tuple, dict], index: S
     return lines
 
 
-def _dose_sections(ok: list[dict], ok_vm: list[dict], premises: Premises, out: Path,
+def _dose_sections(ok: list[dict], ok_vm: list[dict], index: SeedIndex, premises: Premises, out: Path,
                    paths: ReportPaths) -> list[str]:
     """A dose-response section and figure per grid file run at several world levels, and the
     distillation gain of every pairing against its teacher margin."""
@@ -131,7 +131,7 @@ def _dose_sections(ok: list[dict], ok_vm: list[dict], premises: Premises, out: P
         if plot_dose(family, ok, target, f"Dose-response ({name})"):
             paths.figures[target.name] = target
     target = out / "margin_vs_gain.png"
-    if plot_margin_gain(margin_points(ok_vm, premises), ok, target):
+    if plot_margin_gain(margin_points(ok_vm, index, premises), ok, target):
         paths.figures[target.name] = target
     return lines
 
@@ -166,7 +166,7 @@ def build_report(records_paths: str | Path | Sequence[str | Path], out_dir: str 
             lines += [f"Per-cell outputs (params, log, losses, weights) of every VM cell: [{cell_md.name}]"
                       f"({cell_md.name})", ""]
     lines += distinct_tally_section(index, ok_vm, all_cells, premises)
-    lines += _dose_sections(ok.to_dicts(), ok_vm, premises, out, paths)
+    lines += _dose_sections(ok.to_dicts(), ok_vm, index, premises, out, paths)
     lines += ["## Figures", ""]
     lines += [f"- `{name}` ![{name}]({p.name})" for name, p in sorted(paths.figures.items())]
     lines += [f"- `{name}`: missing — {why}." for name, why in sorted(paths.missing_figures.items())] + [""]

@@ -5,12 +5,12 @@ per level (``<grid>@domain_shift=0.5``). For each such family this module comput
 the claim's seed-paired effect (per seed, averaged over the level's units first: its domains, or
 its tasks) with a 95% t-interval, and the premises measured beside it:
 
-- one VM per domain (Table 4's shape: cross-domain bias, what AH is for): ``ah`` − ``kd``; beside it the FM's bias,
-  its per-domain NE above the oracle's (mean over domains) and the spread of its per-domain
+- one VM per domain (Table 4's shape: cross-domain bias, what AH is for): ``ah`` − ``kd``;
+  beside it the FM's bias, its per-domain NE above the oracle's (mean over domains) and the spread of its per-domain
   calibration (max − min), the teacher margin (FM − ``none`` AUC, mean over domains) and the
   students' competence (``none`` NE − the constant's, below 0 = competent);
-- an FM frozen on purpose (Figure 9's shape: freshness, what SA is for): ``ah_sa`` − ``ah_sa_frozen`` per FM staleness;
-  beside it the teacher margin of the same FM;
+- an FM frozen on purpose (Figure 9's shape: freshness, what SA is for): ``ah_sa`` −
+  ``ah_sa_frozen`` per FM staleness, beside it the teacher margin of the same FM;
 - otherwise: ``ah`` − ``none``.
 
 Across all records, :func:`margin_points` pairs each pairing's teacher margin with its ``kd`` and
@@ -24,7 +24,8 @@ from typing import Any
 
 from ..contracts import ADAPTER_CONTROL, WORLD_LEVEL_SEPARATOR, base_grid_name
 from .markdown import md_table
-from .premises import FM_KEY, Premises
+from .compare import PAIR_KEY, SeedIndex, compare, is_default_scales
+from .premises import Premises
 from .stats import Interval, format_interval, t_interval, verdict
 
 DIALS = ("drift", "domain_shift")
@@ -82,6 +83,7 @@ def level_effects(shape: str, rows: list[dict[str, Any]]) -> dict[str, dict[Any,
     first, second, _ = CLAIMS[shape]
     vm = [r for r in rows if r["kind"] == "vm" and r["label_scale"] == r["grad_scale"] == r["loss_weight"] == 1.0]
     fm = [r for r in rows if r["kind"] == "fm"]
+    margins = Premises(rows, [])  # FM − `none` per seed, paired as the report's premises pair them
     series = (lambda r: r.get("fm_staleness_days") or 0) if shape == "staleness" else (lambda r: "all")
     unit = lambda r: (r["domain"], r["task"], r["teacher"], r["student"])  # noqa: E731
     by: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
@@ -96,9 +98,9 @@ def level_effects(shape: str, rows: list[dict[str, Any]]) -> dict[str, dict[Any,
         for seed, none in methods.get("none", {}).items():
             if none.get("constant_NE") is not None:
                 out["none NE − constant NE"][key][seed] = none["NE"] - none["constant_NE"]
-            match = [f for f in fm if f["seed"] == seed and all(f[k] == none[k] for k in FM_KEY)]
-            if match:
-                out["teacher margin ΔAUC"][key][seed] = match[0]["AUC"] - none["AUC"]
+            margin = margins.margin(none)
+            if margin is not None and seed in margin.diffs:
+                out["teacher margin ΔAUC"][key][seed] = margin.diffs[seed]
     for f in fm:
         if f.get("oracle_NE") is not None:
             out["FM NE above oracle"][(series(f), unit(f))][f["seed"]] = f["NE"] - f["oracle_NE"]
@@ -107,7 +109,8 @@ def level_effects(shape: str, rows: list[dict[str, Any]]) -> dict[str, dict[Any,
         for f in fm:
             if f.get("calibration") is not None:
                 calib[f["seed"]].append(f["calibration"])
-        out["FM calibration spread"] = {("all", "domains"): {s: max(v) - min(v) for s, v in calib.items() if len(v) > 1}}
+        spread = {s: max(v) - min(v) for s, v in calib.items() if len(v) > 1}
+        out["FM calibration spread"] = {("all", "domains"): spread}
     return {name: _intervals(values) for name, values in out.items() if values}
 
 
@@ -153,26 +156,20 @@ def dose_section(family_name: str, family: list[str], ok: list[dict[str, Any]]) 
             + md_table([dial, series_name] + measures + ["verdict (ΔAUC)"], rows) + [""])
 
 
-def margin_points(ok_vm: list[dict[str, Any]], premises: Premises) -> list[tuple[float, str, Interval]]:
-    """(teacher margin, method, gain over ``none`` ΔAUC interval) for every pairing with both."""
-    per: dict[tuple, dict[int, float]] = defaultdict(dict)
-    base: dict[tuple, dict[int, float]] = defaultdict(dict)
-    reps: dict[tuple, dict[str, Any]] = {}
+def margin_points(ok_vm: list[dict[str, Any]], index: SeedIndex,
+                  premises: Premises) -> list[tuple[float, str, Interval]]:
+    """(teacher margin, method, gain over ``none`` ΔAUC interval) for every ``kd`` / ``ah`` pairing
+    at scales (1, 1, 1) with a margin and at least two common seeds."""
+    out, seen = [], set()
     for r in ok_vm:
-        if r["label_scale"] == r["grad_scale"] == r["loss_weight"] == 1.0:
-            key = tuple(r[k] for k in FM_KEY + ("student", "hparams", "feature_gap"))
-            reps.setdefault(key, r)
-            (base if r["method"] == "none" else per)[key + ((r["method"],) if r["method"] != "none" else ())][
-                r["seed"]] = r["AUC"]
-    out = []
-    for key, seeds in per.items():
-        method, pair = key[-1], key[:-1]
-        if method not in ("kd", "ah"):
+        key = tuple(r[k] for k in PAIR_KEY) + (r["method"],)
+        if r["method"] not in ("kd", "ah") or not is_default_scales(r) or key in seen:
             continue
-        margin = premises.margin(reps[pair])
-        diffs = [v - base[pair][s] for s, v in seeds.items() if s in base.get(pair, {})]
-        if margin is not None and len(diffs) > 1:
-            out.append((margin.auc.mean, method, t_interval(diffs)))
+        seen.add(key)
+        margin = premises.margin(r)
+        gain = compare(index, r, "none", r["method"], "AUC")
+        if margin is not None and gain is not None and gain.interval.n > 1:
+            out.append((margin.auc.mean, r["method"], gain.interval))
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .stats import Interval, format_interval, paired_differences, t_interval, verdict
+from .stats import HOLDS, Interval, format_interval, paired_differences, t_interval, verdict
 
 # the smallest teacher margin (FM − none AUC, mean over seeds) the shipped grids are built to have
 MIN_MARGIN_AUC = 0.01
@@ -45,7 +45,7 @@ class Margin:
 
     @property
     def resolved(self) -> bool:
-        return verdict(self.auc) == "holds"
+        return verdict(self.auc) == HOLDS
 
     @property
     def sufficient(self) -> bool:
