@@ -50,8 +50,8 @@ SCHEMA: dict[str, pl.DataType] = {
     **{t: pl.Float64 for t in THROUGHPUT},
 }
 _COPIED = [k for k in SCHEMA if k not in ("source_file", "source_line", "feature_gap", "hparams", "calibration_bins",
-                                          "constant_logloss", "constant_NE", "data_size", "train_curve", *METRICS, "vm_artifact",
-                                          *ORACLE_COLUMNS, "world_drift", "world_domain_shift")]
+                                          "constant_logloss", "constant_NE", "data_size", "train_curve", *METRICS,
+                                          "vm_artifact", *ORACLE_COLUMNS, "world_drift", "world_domain_shift")]
 
 
 def flatten(rec: dict[str, Any], path: Path | str, lineno: int) -> dict[str, Any]:
