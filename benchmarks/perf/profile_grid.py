@@ -93,7 +93,7 @@ def instrument(prof: Profile) -> None:
 
     from exfm_plugin.das.spd.snapshot import LoadedSnapshot
     from exfm_plugin.data.loader import H5DataLoader
-    from exfm_plugin.pipeline import artifacts, runner, stages, vm_stages
+    from exfm_plugin.pipeline import artifacts, evaluation, fm_steps, runner, training, vm_steps
 
     build = artifacts.ArtifactStore.build
 
@@ -106,9 +106,10 @@ def instrument(prof: Profile) -> None:
 
     artifacts.ArtifactStore.build = store_build
     runner.write_cell_outputs = _wrap(runner.write_cell_outputs, prof, "report", "other")
-    train_pass = _wrap(stages.train_one_pass, prof, phase="forward/backward")
-    metrics = _wrap(stages.evaluate_predictions, prof, phase="evaluation")
-    for module in (stages, vm_stages):
+    train_pass = _wrap(training.train_one_pass, prof, phase="forward/backward")
+    metrics = _wrap(evaluation.evaluate_predictions, prof, phase="evaluation")
+    step_modules = (evaluation, fm_steps, vm_steps)  # the modules that call them (imported by name)
+    for module in step_modules:
         if hasattr(module, "train_one_pass"):
             module.train_one_pass = train_pass
         if hasattr(module, "evaluate_predictions"):
@@ -137,7 +138,7 @@ def instrument(prof: Profile) -> None:
 
     LoadedSnapshot.predict_batch = timed_predict_batch
     BaseModel.predict = _wrap(BaseModel.predict, prof, phase="evaluation")
-    for module in (stages, vm_stages):
+    for module in step_modules:
         if hasattr(module, "build_model"):
             module.build_model = _wrap(getattr(module, "build_model"), prof, phase="model build")
     torch.save = _wrap(torch.save, prof, phase="checkpoint I/O")

@@ -3,7 +3,7 @@
 Runs a grid with the Ray engine at two small data sizes, from empty work directories, and
 records every step's in-task seconds by kind (prep, fm, das, vm, vm_eval, fm_eval). A step's
 time is fitted per kind as ``a + b * rows_per_day`` (training and inference are linear in the
-rows; ``a`` is the fixed cost: model build, replay, file opening). The target grid's step graph
+rows; ``a`` is the fixed cost: model build, file opening). The target grid's plan
 (planned at the tiny size: its shape does not depend on the size) then gives
 
 * the total step-seconds at the target size: the wall time on one worker, and
@@ -32,9 +32,10 @@ from data_prep.synthetic.common import resolve_size  # noqa: E402
 from exfm_plugin.pipeline.artifacts import ArtifactStore  # noqa: E402
 from exfm_plugin.pipeline.grid import load_grid  # noqa: E402
 from exfm_plugin.pipeline.ray_engine import run_grid_ray  # noqa: E402
-from exfm_plugin.pipeline.runner import grid_jobs, run_job  # noqa: E402
-from exfm_plugin.pipeline.stages import Context  # noqa: E402
-from exfm_plugin.pipeline.step_graph import plan, prepare_data  # noqa: E402
+from exfm_plugin.pipeline.context import Context  # noqa: E402
+from exfm_plugin.pipeline.jobs import grid_jobs  # noqa: E402
+from exfm_plugin.pipeline.plan import plan_grid  # noqa: E402
+from exfm_plugin.pipeline.prep_steps import prepare_data  # noqa: E402
 
 DAYS = 8
 
@@ -98,18 +99,18 @@ def main() -> None:
     print(f"\nfit per kind (t = a + b * rows/day) -> at {target_size} ({target_rows:.0f} rows/day):")
     for kind, (a, b) in sorted(fits.items()):
         print(f"  {kind:8s} a {a:6.2f} s  b {b * 1e3:8.4f} ms/row  -> {seconds[kind]:9.1f} s")
-    # the target's graph, planned at the tiny size
+    # the target's plan, at the tiny size
     shape = load_grid(args.target, size="tiny")
     with tempfile.TemporaryDirectory(prefix="table_estimate_plan_") as tmp:
-        prep = prepare_data(Context(shape, ArtifactStore(tmp), progress=False))
-        graph = plan(shape, tmp, prep, grid_jobs(shape), run_job)
-    counts = collections.Counter(step.kind for step in graph.steps.values())
+        ctx = Context(shape, ArtifactStore(tmp), progress=False)
+        plan = plan_grid(ctx, prepare_data(ctx), grid_jobs(shape))
+    counts = collections.Counter(step.kind for step in plan.steps.values())
     finish: dict[str, float] = {}
-    for key, step in graph.steps.items():  # dependencies first
-        finish[key] = seconds[step.kind] + max((finish[d] for d in step.deps), default=0.0)
-    total = seconds["prep"] + sum(seconds[step.kind] for step in graph.steps.values())
+    for key, step in plan.steps.items():  # dependencies first
+        finish[key] = seconds[step.kind] + max((finish[d.key] for d in step.deps), default=0.0)
+    total = seconds["prep"] + sum(seconds[step.kind] for step in plan.steps.values())
     critical = seconds["prep"] + max(finish.values())
-    print(f"\n{target.name}: {len(grid_jobs(shape))} records, {len(graph)} steps {dict(sorted(counts.items()))}")
+    print(f"\n{target.name}: {len(grid_jobs(shape))} records, {len(plan.steps)} steps {dict(sorted(counts.items()))}")
     print(f"total step time {total / 3600:.2f} h; critical path {critical / 60:.1f} min")
     for g in args.workers:
         print(f"  {g} worker(s): {max(total / g, critical) / 3600:.2f} h")

@@ -96,7 +96,7 @@ def interrupted(grid, results_dir: str) -> RunInterrupted:
 
     from .logging_run import run_log, run_logging
     from .records import RecordWriter
-    from .runner import cell_id, grid_jobs
+    from .jobs import cell_id, grid_jobs
 
     ids = {cell_id(grid, cell) for _, cell in grid_jobs(grid)}
     done = len(ids & RecordWriter(Path(results_dir) / "records" / f"{grid.name}.jsonl").done_cells())

@@ -1,13 +1,11 @@
 """``exfm plan``: a grid's steps, their keys, which are built and which cells share them, without
 training anything.
 
-The steps are found as the engines find them (:mod:`.step_graph`): each record's job
-(:func:`.runner.run_job`) is replayed against a :class:`.step_graph.ReplayStore`, which answers a
-built step with its meta and any other with a placeholder, and notes every step asked for. That
-replay needs the prepared data (the feature map, the day files): the keys of every later step hash
-it. So when the data steps (``prep``, and ``domains`` for a domains grid) are not built, the plan
-says so and stops there, unless ``--prepare`` builds those data steps (data only, seconds for a
-tiny grid) first. Nothing else is ever written.
+The steps are the engines' own: :func:`.plan.plan_grid` declares every step of every record,
+and both engines execute that plan. A plan needs the prepared data (the feature map, the day
+files): the keys of every later step hash it. So when the data steps (``prep``, and ``domains``
+for a domains grid) are not built, the plan says so and stops there, unless ``--prepare`` builds
+those data steps (data only, seconds for a tiny grid) first. Nothing else is ever written.
 """
 from __future__ import annotations
 
@@ -16,35 +14,18 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from .artifacts import ArtifactStore, step_key
+from .artifacts import ArtifactStore
+from .context import Context
 from .grid import Grid
-from .runner import cell_id, describe_job, grid_jobs, run_job
-from .stages import Context
-from .step_graph import ReplayStore, _PlanningContext, prepare_data
+from .jobs import cell_id, describe_job, grid_jobs
+from .plan import plan_grid
+from .prep_steps import DataNotBuilt, prepare_data
 
 #: kinds in pipeline order, with the words the summary uses
 KIND_NAMES = {"prep": "prep", "domains": "domain split", "fm": "FM", "das": "DAS", "vm": "VM links",
               "vm_eval": "VM evals", "fm_eval": "FM evals"}
-
-
-class _NotBuilt(Exception):
-    """A data step the plan needs is not built (raised by :class:`_ProbeStore`)."""
-
-    def __init__(self, kind: str, key: str) -> None:
-        super().__init__(f"{kind}/{key}")
-        self.kind, self.key = kind, key
-
-
-class _ProbeStore(ArtifactStore):
-    """Answers a built step and stops at the first one that is not: never builds."""
-
-    def build(self, kind: str, spec: Mapping[str, Any], fn):
-        key = step_key(kind, spec)
-        if not self.is_done(kind, key):
-            raise _NotBuilt(kind, key)
-        return key, self.path(kind, key), self.meta(kind, key)
 
 
 @dataclass
@@ -52,68 +33,59 @@ class PlannedStep:
     kind: str
     key: str
     done: bool
-    cells: list[int] = field(default_factory=list)  # indexes into GridPlan.jobs
+    cells: list[int] = field(default_factory=list)  # indexes into PlanView.jobs
 
 
 @dataclass
-class GridPlan:
-    """One grid's steps in dependency order (a step after the steps it reads)."""
+class PlanView:
+    """One grid's steps in dependency order (a step after the steps it reads), as printed."""
 
     grid: Grid
     store_root: Path
     jobs: list[tuple[str, Any]]
     steps: dict[str, PlannedStep] = field(default_factory=dict)
-    missing_data: _NotBuilt | None = None  # the data step not built: nothing after it is planned
-    errors: dict[int, str] = field(default_factory=dict)  # job index -> why its replay failed
+    missing_data: DataNotBuilt | None = None  # the data step not built: nothing after it is planned
+    errors: dict[int, str] = field(default_factory=dict)  # job index -> why it could not be planned
 
     def count(self, kind: str | None = None, *, done: bool | None = None, shared: bool | None = None) -> int:
         return sum(1 for s in self.steps.values() if (kind is None or s.kind == kind)
                    and (done is None or s.done == done) and (shared is None or (len(s.cells) > 1) == shared))
 
 
-def plan_grid(grid: Grid, work_dir: str = "work", *, prepare: bool = False) -> GridPlan:
+def plan_grid_status(grid: Grid, work_dir: str = "work", *, prepare: bool = False) -> PlanView:
     """Every step of ``grid``'s records (done or not) and the records that need each; with
     ``prepare``, builds the data steps first if they are missing (see the module docstring)."""
     store_root = Path(work_dir) / "artifacts"  # as run_grid: the keys of DAS steps hold absolute paths
-    result = GridPlan(grid, store_root, grid_jobs(grid))
-    everyone = list(range(len(result.jobs)))
-    if prepare:
-        prep = prepare_data(Context(grid, ArtifactStore(store_root), progress=False))
-    else:
-        try:
-            prep = prepare_data(Context(grid, _ProbeStore(store_root), progress=False))
-        except _NotBuilt as missing:
-            result.missing_data = missing
-            result.steps[missing.key] = PlannedStep(missing.kind, missing.key, False, everyone)
-            return result
-    result.steps[prep.key] = PlannedStep("prep", prep.key, True, everyone)  # every record reads it
-    store = ReplayStore(store_root)  # no target: builds nothing
-    ctx = _PlanningContext(grid, store, progress=False)
-    for index, (kind, cell) in enumerate(result.jobs):
-        start = len(store.requested)
-        try:
-            run_job(ctx, prep, kind, cell)
-        except Exception as exc:  # noqa: BLE001 - shown per cell; the run would record it as failed
-            result.errors[index] = f"{type(exc).__name__}: {exc}"
-        for req in store.requested[start:]:
-            step = result.steps.setdefault(req.key, PlannedStep(req.kind, req.key, req.done))
-            if not step.cells or step.cells[-1] != index:
-                step.cells.append(index)
+    result = PlanView(grid, store_root, grid_jobs(grid))
+    store = ArtifactStore(store_root)
+    ctx = Context(grid, store, progress=False)
+    try:
+        prep = prepare_data(ctx, build=prepare)
+    except DataNotBuilt as missing:
+        result.missing_data = missing
+        result.steps[missing.key] = PlannedStep(missing.kind, missing.key, False, list(range(len(result.jobs))))
+        return result
+    plan = plan_grid(ctx, prep, result.jobs)
+    users = plan.users()
+    for step in [*plan.data, *plan.steps.values()]:
+        result.steps[step.key] = PlannedStep(step.kind, step.key, store.is_done(step.kind, step.key),
+                                             users.get(step.key, []))
+    result.errors = {r.index: f"{type(r.error).__name__}: {r.error}" for r in plan.records if r.error is not None}
     return result
 
 
-def _kinds(plan: GridPlan) -> list[str]:
+def _kinds(plan: PlanView) -> list[str]:
     present = {s.kind for s in plan.steps.values()}
     return [k for k in KIND_NAMES if k in present] + sorted(present - set(KIND_NAMES))
 
 
-def _cells_text(plan: GridPlan, cells: list[int]) -> str:
+def _cells_text(plan: PlanView, cells: list[int]) -> str:
     if len(cells) == len(plan.jobs):
         return f"{len(cells)} cells: all"
     return f"{len(cells)} cell{'s' if len(cells) != 1 else ''}: " + " ".join(f"#{i}" for i in cells)
 
 
-def format_plan(plan: GridPlan, listing: bool = False) -> list[str]:
+def format_plan(plan: PlanView, listing: bool = False) -> list[str]:
     """The lines ``exfm plan`` prints for one grid: a summary line, a table per kind and, with
     ``listing``, every cell and every step."""
     name, n_vm = plan.grid.name, sum(1 for kind, _ in plan.jobs if kind == "vm")
@@ -146,7 +118,7 @@ def format_plan(plan: GridPlan, listing: bool = False) -> list[str]:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    """CLI body of ``exfm plan``: 0, or 1 when a cell's replay failed; a bad grid raises GridError
+    """CLI body of ``exfm plan``: 0, or 1 when a cell could not be planned; a bad grid raises GridError
     (one line, exit 2, from ``exfm_plugin.cli.main``) before anything is planned."""
     from .grid import load_grids
 
@@ -155,7 +127,7 @@ def run_plan(args: argparse.Namespace) -> int:
                                     vm_schedule=args.vm_schedule)]
     status = 0
     for grid in grids:
-        plan = plan_grid(grid, args.work, prepare=args.prepare)
+        plan = plan_grid_status(grid, args.work, prepare=args.prepare)
         try:
             print("\n".join(format_plan(plan, listing=args.list or getattr(args, "verbose", False))), flush=True)
         except BrokenPipeError:  # `exfm plan --list | head`: the reader has what it wanted

@@ -1,14 +1,14 @@
 """``exfm run --engine ray``: a grid's steps as Ray tasks, on one machine's cores and GPUs or on a
 cluster, with the in-process engine's guarantees.
 
-The driver builds the data steps (one task), plans the step graph (:mod:`.step_graph`), submits
-every step not built yet as a task with its resource request (``num_cpus``/``num_gpus``), its
+The driver builds the data steps (one task), plans the grid (:mod:`.plan`), submits every
+planned step not built yet as a task with its resource request (``num_cpus``/``num_gpus``), its
 dependencies passed as the ObjectRefs of their tasks (Ray starts a step once they are done, and
 fails it with their error if one failed), and writes one record per job as its steps finish.
 
 * A step is built once: each key is one task, and a step raced by two workers (a second driver,
-  a retry) is decided by the rename of :meth:`ArtifactStore.build`; the loser removes its
-  temporary directory and uses the winner's.
+  a retry) is decided by the step lock and the rename of :meth:`ArtifactStore.build`; the loser
+  uses the winner's output.
 * A killed worker's task is retried by Ray (``max_retries``); an application error is not
   retried (a step is deterministic) and fails the records that need it, as in-process.
 * A killed driver loses only unwritten records: a rerun skips recorded jobs and built steps.
@@ -30,11 +30,14 @@ from tqdm import tqdm
 from ..allocator import configure_allocator
 from .artifacts import ArtifactStore
 from .cell_outputs import results_dir_of, write_cell_outputs
+from .context import Context
 from .grid import Grid, GridError
+from .jobs import cell_id, grid_jobs
+from .plan import plan_grid
+from .prep_steps import PreparedData, prepare_data
 from .records import RecordWriter
-from .runner import ARTIFACT_KEYS, RunSummary, _record_base, cell_id, grid_jobs, run_job
-from .stages import Context, PreparedData
-from .step_graph import ReplayStore, Step, StepRun, execute_step, plan, prepare_data
+from .runner import RunSummary, record_base, record_fields
+from .steps import Step, read_built, run_step
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,17 @@ logger = logging.getLogger(__name__)
 #: (``DIR:N``), to make two builds of one step race
 CRASH_ENV = "EXFM_TEST_CRASH_STEP_ONCE"
 BARRIER_ENV = "EXFM_TEST_STEP_BARRIER"
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What a task reports: the step it ran, its in-task seconds, and whether its build was the
+    one renamed into place (False: done already, or another worker's rename won)."""
+
+    key: str
+    kind: str
+    seconds: float
+    built_here: bool
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,6 @@ class StepTask:
     threads: int
     gpu: bool
     das_engine: str = "inproc"
-    prep: PreparedData | None = None
     step: Step | None = None
     hooks: dict = field(default_factory=dict)
 
@@ -105,15 +118,15 @@ def _test_hook(task: StepTask, tmp: Path) -> None:
             time.sleep(0.05)
 
 
-def _context(task: StepTask, store: ArtifactStore) -> Context:
-    return Context(task.grid, store, task.device, task.das_engine, progress=False)
+def _context(task: StepTask) -> Context:
+    return Context(task.grid, ArtifactStore(task.store_root), task.device, task.das_engine, progress=False)
 
 
 @ray.remote
 def _data_task(task: StepTask) -> tuple[PreparedData, StepRun]:
     _setup_worker(task)
     start = time.perf_counter()
-    prep = prepare_data(_context(task, ArtifactStore(task.store_root)))
+    prep = prepare_data(_context(task))
     return prep, StepRun(prep.key, "prep", time.perf_counter() - start, True)
 
 
@@ -122,8 +135,9 @@ def _step_task(task: StepTask, *dep_keys: StepRun) -> StepRun:
     """One step; ``dep_keys`` are its dependencies' results (Ray waited for them)."""
     _setup_worker(task)
     hook = (lambda tmp: _test_hook(task, tmp)) if task.hooks else None
-    store = ReplayStore(task.store_root, target=task.step.key, on_built=hook)
-    return execute_step(_context(task, store), task.prep, task.step, run_job)
+    start = time.perf_counter()
+    _, built_here = run_step(_context(task), task.step, on_built=hook)
+    return StepRun(task.step.key, task.step.kind, time.perf_counter() - start, built_here)
 
 
 def _connect(address: str | None, workers: int | None, cpus_per_step: float) -> bool:
@@ -184,41 +198,50 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
                     hooks=hooks)
     data_options = dict(options, num_gpus=0)  # data preparation is CPU work (polars, h5py)
     prep, data_run = ray.get(_data_task.options(**data_options).remote(replace(base, gpu=False)))
+    store = ArtifactStore(store_root)
+    ctx = Context(grid, store, progress=False)
     plan_start = time.perf_counter()
-    graph = plan(grid, store_root, prep, jobs, run_job)
+    plan = plan_grid(ctx, prep, jobs)
+    closures = {r.index: [s.key for s in plan.closure(r)] for r in plan.records}
     summary.plan_seconds = time.perf_counter() - plan_start
-    summary.steps = len(graph)
     refs = {}
-    for step in graph.steps.values():  # dependencies first: their refs exist when a step is submitted
-        task = replace(base, prep=prep, step=step)
-        refs[step.key] = _step_task.options(**options).remote(task, *(refs[d] for d in step.deps))
+    for step in plan.steps.values():  # dependencies first: their refs exist when a step is submitted
+        if store.is_done(step.kind, step.key):
+            continue
+        deps = [refs[d.key] for d in step.deps if d.key in refs]
+        refs[step.key] = _step_task.options(**options).remote(replace(base, step=step), *deps)
+    summary.steps = len(refs)
     key_of = {ref: key for key, ref in refs.items()}
-    waiting = {i: set(keys) for i, keys in graph.job_steps.items()}
+    waiting = {i: {k for k in keys if k in refs} for i, keys in closures.items()}
     jobs_of: dict[str, list[int]] = {}
-    for i, keys in graph.job_steps.items():
+    owner: dict[str, int] = {}  # a step's seconds count in the wall time of the first record needing it
+    for i, keys in closures.items():
         for key in keys:
-            jobs_of.setdefault(key, []).append(i)
+            owner.setdefault(key, i)
+            if key in refs:
+                jobs_of.setdefault(key, []).append(i)
     runs: dict[str, StepRun] = {}
     errors: dict[str, str] = {}
     bar = tqdm(total=len(jobs), desc=f"grid {grid.name} (ray)", unit="cell", disable=not progress)
     results = results_dir_of(writer.path)  # per-cell outputs go beside the records, as in-process
 
     def finish(i: int) -> None:
-        kind, cell = jobs[i]
-        cid = cell_id(grid, cell)
-        record = {**_record_base(grid, prep, cell, kind), "cell_id": cid, "config_hash": cid}
-        failed = next((errors[k] for k in graph.job_steps[i] if k in errors), None)
+        record_plan = plan.records[i]
+        kind, cell, cid = record_plan.kind, record_plan.cell, record_plan.cell_id
+        record = {**record_base(grid, prep, cell, kind), "cell_id": cid, "config_hash": cid}
+        failed = next((errors[k] for k in closures[i] if k in errors), None)
+        if record_plan.error is not None:
+            failed = f"{type(record_plan.error).__name__}: {record_plan.error}"
         if failed is None:
             t0 = time.perf_counter()
-            try:  # every step is built: the strict replay only reads
-                measured = run_job(Context(grid, ReplayStore(store_root, strict=True), progress=False), prep, kind, cell)
+            try:  # every step is built: only read
+                measured = record_fields(ctx, record_plan, read_built(store, record_plan.step).meta)
             except Exception as exc:  # noqa: BLE001 - recorded as failed, like the in-process engine
                 logger.exception("cell %s failed", cid)
                 failed = f"{type(exc).__name__}: {exc}"
             else:
-                own = sum(runs[k].seconds for k in graph.job_steps[i] if graph.steps[k].job == jobs[i])
-                measured = {k: v for k, v in measured.items() if k not in ARTIFACT_KEYS}
-                measured.update(write_cell_outputs(results, grid, {**record, **measured}, ArtifactStore(store_root),
+                own = sum(runs[k].seconds for k in closures[i] if k in runs and owner[k] == i)
+                measured.update(write_cell_outputs(results, grid, {**record, **measured}, store,
                                                    results / "logs" / f"{grid.name}.log"))
                 writer.append({**record, **measured, "status": "ok", "error": None,
                                "wall_time_s": own + time.perf_counter() - t0})
@@ -231,7 +254,7 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
 
     for i, keys in waiting.items():
         if not keys:
-            finish(i)  # every step built by an earlier run
+            finish(i)  # every step built by an earlier run, or the record could not be planned
     pending = list(refs.values())
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
@@ -240,7 +263,7 @@ def _run(grid: Grid, jobs: list, writer: RecordWriter, summary: RaySummary, cpus
             runs[key] = ray.get(ready[0])
         except Exception as exc:  # noqa: BLE001 - a failed step fails the records that need it
             errors[key] = _error_text(exc)
-            logger.error("step %s/%s failed: %s", graph.steps[key].kind, key, errors[key])
+            logger.error("step %s/%s failed: %s", plan.steps[key].kind, key, errors[key])
         for i in jobs_of.get(key, []):
             waiting[i].discard(key)
             if not waiting[i]:

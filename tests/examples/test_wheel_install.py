@@ -16,7 +16,7 @@ def test_wheel_runs_a_grid_by_name_and_the_report_outside_the_checkout(tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "exfm_plugin imported from the wheel" in out.stdout
     from exfm_plugin.pipeline.grid import load_grid
-    from exfm_plugin.pipeline.runner import grid_jobs
+    from exfm_plugin.pipeline.jobs import grid_jobs
 
     ok = re.search(r"grid smoke_table2: (\d+) cells ok, (\d+) failed", out.stdout)
     jobs = grid_jobs(load_grid("smoke_table2", seeds=1, size="tiny"))  # every VM cell + FM record, seed 0

@@ -17,7 +17,7 @@ from exfm_plugin.distill import DistillConfig, ExFMStudent, export_serving_model
 from exfm_plugin.models import MODEL_REGISTRY
 from exfm_plugin.models.kernels.exact_adam import ExactAdam, catch_up_horizon, catch_up_rows, skipped_steps_delta
 from exfm_plugin.models.kernels.sparse_optim import feature_embedding_tables
-from exfm_plugin.pipeline.vm_stages import _named_optimizer_state
+from exfm_plugin.pipeline.vm_steps import named_optimizer_state
 from test_sparse_embedding import VOCAB, fmap, full_cover_batch, with_random_embeddings  # noqa: F401
 from tiny_data import model_kwargs
 
@@ -205,8 +205,8 @@ def test_the_student_saves_and_exports_flushed_state(fmap, tmp_path):
         for s in students.values():
             s.train_step(batch)
     exact_state = students["exact"].state_dict()
-    named = _named_optimizer_state(students["exact"])["vm"]
-    named_dense = _named_optimizer_state(students["dense"])["vm"]
+    named = named_optimizer_state(students["exact"])["vm"]
+    named_dense = named_optimizer_state(students["dense"])["vm"]
     for n, p in students["dense"].state_dict().items():
         torch.testing.assert_close(exact_state[n], p, rtol=1e-4, atol=1e-6, msg=n)
     tables = {n for n, s in named.items() if "row_step" in s}

@@ -7,7 +7,9 @@ from fuxictr.pytorch.layers import FeatureEmbeddingDict
 from exfm_plugin.config import build_model
 from exfm_plugin.pipeline.artifacts import ArtifactStore
 from exfm_plugin.pipeline.grid import load_grid
-from exfm_plugin.pipeline.stages import Context, bars_params, load_feature_map, prep_stage
+from exfm_plugin.pipeline.context import Context
+from exfm_plugin.pipeline.params import bars_params, load_feature_map
+from exfm_plugin.pipeline.prep_steps import prepare_data
 
 HISTORIES = ("cate_his", "brand_his", "btag_his")
 
@@ -20,13 +22,13 @@ def ctx_prep(tmp_path_factory):
                                     "model_overrides": {"all": {"embedding_dim": 4}},
                                     "tuner_space": {"teacher": "DCN", "student": "FM", "method": "none"}}))
     ctx = Context(load_grid(str(path)), ArtifactStore(tmp / "artifacts"), progress=False)
-    return ctx, prep_stage(ctx)
+    return ctx, prepare_data(ctx)
 
 
 def test_a_vm_without_the_histories_is_built_on_the_other_features(ctx_prep, tmp_path):
     ctx, prep = ctx_prep
-    full = load_feature_map(prep, bars_params(ctx, prep, "FM", 0))
-    params = bars_params(ctx, prep, "FM", 0, drop_features=HISTORIES)
+    full = load_feature_map(prep, bars_params(ctx.grid, prep, "FM", 0))
+    params = bars_params(ctx.grid, prep, "FM", 0, drop_features=HISTORIES)
     fmap = load_feature_map(prep, params)
     assert set(full.features) - set(fmap.features) == set(HISTORIES)
     assert fmap.num_fields == full.num_fields - len(HISTORIES)
@@ -42,4 +44,4 @@ def test_a_vm_without_the_histories_is_built_on_the_other_features(ctx_prep, tmp
 def test_an_inconsistent_drop_is_refused(ctx_prep, drop, message):
     ctx, prep = ctx_prep
     with pytest.raises(ValueError, match=message):
-        bars_params(ctx, prep, "FM", 0, drop_features=drop)
+        bars_params(ctx.grid, prep, "FM", 0, drop_features=drop)

@@ -42,7 +42,7 @@ def test_tuner_space_crosses_student_hyperparameters(tmp_path):
 
 def test_cells_without_hyperparameters_keep_their_ids(tmp_path):
     """The id of a cell hashes ``hparams`` only when set: existing grids keep their ids."""
-    from exfm_plugin.pipeline.runner import cell_id
+    from exfm_plugin.pipeline.jobs import cell_id
 
     grid = load_grid(write(tmp_path, grid_text()))
     plain = expand_cells(grid)[0]

@@ -118,16 +118,16 @@ def test_staleness_mode_freezes_the_snapshot(tmp_path):
 
 
 def test_a_failed_cell_is_recorded_and_the_others_finish(tmp_path, monkeypatch):
-    from exfm_plugin.pipeline import runner
+    from exfm_plugin.pipeline.vm_steps import VMLinkStep
 
-    real = runner.run_cell
+    real = VMLinkStep.build
 
-    def flaky(ctx, prep, cell):
-        if cell.method == "ah":
+    def flaky(self, ctx, tmp, inputs):  # the ah VM's training step fails
+        if self.config.method == "ah":
             raise RuntimeError("boom")
-        return real(ctx, prep, cell)
+        return real(self, ctx, tmp, inputs)
 
-    monkeypatch.setattr(runner, "run_cell", flaky)
+    monkeypatch.setattr(VMLinkStep, "build", flaky)
     summary = run_grid(load_grid(write_grid(tmp_path)), str(tmp_path / "w"), str(tmp_path / "r"), progress=False)
     records = read_records([summary.records_path])
     assert summary.failed == 1 and any(r["status"] == "failed" and "boom" in r["error"] for r in records)

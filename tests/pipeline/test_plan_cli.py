@@ -11,9 +11,11 @@ from exfm_plugin.cli import main
 from exfm_plugin.pipeline.grid import load_grid, load_grids
 from exfm_plugin.pipeline.plan_cli import KIND_NAMES
 from exfm_plugin.pipeline.artifacts import ArtifactStore
-from exfm_plugin.pipeline.runner import grid_jobs, run_grid, run_job
-from exfm_plugin.pipeline.stages import Context
-from exfm_plugin.pipeline.step_graph import plan as step_plan, prepare_data
+from exfm_plugin.pipeline.context import Context
+from exfm_plugin.pipeline.jobs import grid_jobs
+from exfm_plugin.pipeline.plan import plan_grid
+from exfm_plugin.pipeline.prep_steps import prepare_data
+from exfm_plugin.pipeline.runner import run_grid
 from exfm_plugin.resources import grid_names
 
 TINY = 6000  # impressions, as tests/pipeline/test_pipeline.py
@@ -75,11 +77,14 @@ def test_plan_lists_exactly_the_steps_the_engine_builds_then_all_done(tmp_path, 
     assert sorted(n for _, n in planned["vm"].values()) == [1] * 8 + [2]
     assert planned["prep"] == {next(iter(planned["prep"])): ("done", 3)}
 
-    # the Ray engine's graph (step_graph.plan) holds exactly the steps planned as "to build"
+    # the engines' plan (plan.plan_grid) holds exactly the steps printed as "to build", and every
+    # dependency of a step is planned before it
     grid = load_grid(path)
-    prep = prepare_data(Context(grid, ArtifactStore("work/artifacts"), progress=False))  # built: only read
-    graph = step_plan(grid, "work/artifacts", prep, grid_jobs(grid), run_job)
-    assert set(graph.steps) == {key for steps in planned.values() for key, (st, _) in steps.items() if st == "to build"}
+    ctx = Context(grid, ArtifactStore("work/artifacts"), progress=False)
+    plan = plan_grid(ctx, prepare_data(ctx, build=False), grid_jobs(grid))
+    assert set(plan.steps) == {key for steps in planned.values() for key, (st, _) in steps.items() if st == "to build"}
+    order = list(plan.steps)
+    assert all(order.index(dep) < order.index(key) for dep, key in plan.edges())
 
     run = run_grid(load_grid(path), "work", "results", progress=False, follow=False)
     assert (run.ok, run.failed) == (3, 0)
@@ -153,7 +158,7 @@ def test_every_shipped_grid_without_prepare_names_its_data_step_and_writes_nothi
     assert not (tmp_path / "w").exists()
 
 
-def test_a_cell_whose_replay_fails_is_named_and_the_status_is_1(tmp_path, capsys):
+def test_a_cell_that_cannot_be_planned_is_named_and_the_status_is_1(tmp_path, capsys):
     # a dropped feature the data does not have: the run would record both VM cells as failed
     path = write_grid(tmp_path, vm_drop_features=["no_such_feature"])
     status, lines = plan_output(capsys, "--grid", path, "--work", str(tmp_path / "w"), "--prepare")

@@ -1,7 +1,7 @@
 """The Ray engine (``exfm run --engine ray``) on a local Ray with 2 CPUs: the same records and
 the same artifacts as the in-process engine, a worker killed mid-step retried, two racing builds
 of one step settled by the rename, a killed driver resumed with every record once; and the step
-graph's dependencies checked without Ray by running it in an adversarial order."""
+plan's dependencies checked without Ray by running it in an adversarial order."""
 import os
 import signal
 import subprocess
@@ -14,12 +14,15 @@ import torch
 import yaml
 
 from exfm_plugin.pipeline.grid import load_grid
+from exfm_plugin.pipeline.artifacts import ArtifactStore
+from exfm_plugin.pipeline.context import Context
+from exfm_plugin.pipeline.jobs import grid_jobs
+from exfm_plugin.pipeline.plan import plan_grid
+from exfm_plugin.pipeline.prep_steps import prepare_data
 from exfm_plugin.pipeline.ray_engine import BARRIER_ENV, CRASH_ENV, StepTask, _step_task, run_grid_ray
 from exfm_plugin.pipeline.records import read_records
-from exfm_plugin.pipeline.runner import cell_id, grid_jobs, run_grid, run_job
-from exfm_plugin.pipeline.stages import Context
-from exfm_plugin.pipeline.step_graph import ReplayStore, execute_step, plan, prepare_data
-from exfm_plugin.pipeline.artifacts import ArtifactStore
+from exfm_plugin.pipeline.runner import record_fields, run_grid
+from exfm_plugin.pipeline.steps import read_built, run_step
 
 TINY = 6000  # impressions: seconds per grid
 STEP_KINDS = ("fm", "das", "vm", "vm_eval", "fm_eval")
@@ -116,12 +119,12 @@ def test_two_racing_builds_of_a_step_leave_one_artifact(ray_local, tmp_path):
     grid = load_grid(write_grid(tmp_path / "t.yaml", tuner_space={"teacher": "DCN", "student": "FM",
                                                                  "method": "kd"}))
     store_root = str(tmp_path / "work" / "artifacts")
-    prep = prepare_data(Context(grid, ArtifactStore(store_root), progress=False))
-    graph = plan(grid, store_root, prep, grid_jobs(grid), run_job)
-    step = next(s for s in graph.steps.values() if s.kind == kind and not s.deps)  # the day-1 VM link
+    ctx = Context(grid, ArtifactStore(store_root), progress=False)
+    plan = plan_grid(ctx, prepare_data(ctx), grid_jobs(grid))
+    step = next(s for s in plan.steps.values() if s.kind == kind and not s.deps)  # the day-1 VM link
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    task = StepTask(grid, store_root, os.getcwd(), 1, False, prep=prep, step=step,
+    task = StepTask(grid, store_root, os.getcwd(), 1, False, step=step,
                     hooks={BARRIER_ENV: f"{barrier}:1"})  # each build leaves a mark before its rename
     runs = ray.get([_step_task.remote(task), _step_task.remote(task)])
     assert len(os.listdir(barrier)) == 1  # the step lock: the second waited, then reused the first's build
@@ -131,27 +134,26 @@ def test_two_racing_builds_of_a_step_leave_one_artifact(ray_local, tmp_path):
     assert ArtifactStore(store_root).is_done(kind, step.key)
 
 
-def test_the_graph_names_every_dependency(tmp_path):
+def test_the_plan_names_every_dependency(tmp_path):
     """Built one step at a time, always the most recently planned step whose dependencies are
     built (the order that starts a step earliest), every step finds its inputs and the records
-    equal the in-process engine's: a missing dependency would meet a placeholder and fail."""
+    equal the in-process engine's: a missing dependency would not be built and fail its step."""
     grid = load_grid(write_grid(tmp_path / "t.yaml", tuner_space={"teacher": "DCN", "student": "FM",
                                                                  "method": ["none", "kd"]}))
     store_root = str(tmp_path / "work" / "artifacts")
-    prep = prepare_data(Context(grid, ArtifactStore(store_root), progress=False))
+    ctx = Context(grid, ArtifactStore(store_root), progress=False)
     jobs = grid_jobs(grid)
-    graph = plan(grid, store_root, prep, jobs, run_job)
-    keys = list(graph.steps)
-    assert all(keys.index(d) < keys.index(k) for k, s in graph.steps.items() for d in s.deps)
-    assert {s.kind for s in graph.steps.values()} == set(STEP_KINDS)
+    plan = plan_grid(ctx, prepare_data(ctx), jobs)
+    keys = list(plan.steps)
+    deps = {k: {d.key for d in s.deps} for k, s in plan.steps.items()}
+    assert all(keys.index(d) < keys.index(k) for k in keys for d in deps[k])
+    assert {s.kind for s in plan.steps.values()} == set(STEP_KINDS)
     built: set[str] = set()
     while len(built) < len(keys):
-        step = next(graph.steps[k] for k in reversed(keys) if k not in built and set(graph.steps[k].deps) <= built)
-        ctx = Context(grid, ReplayStore(store_root, target=step.key), progress=False)
-        assert execute_step(ctx, prep, step, run_job).built_here
+        step = next(plan.steps[k] for k in reversed(keys) if k not in built and deps[k] <= built)
+        assert run_step(ctx, step)[1]  # built here, from its dependencies' outputs
         built.add(step.key)
-    strict = Context(grid, ReplayStore(store_root, strict=True), progress=False)
-    measured = {cell_id(grid, cell): run_job(strict, prep, kind, cell) for kind, cell in jobs}
+    measured = {r.cell_id: record_fields(ctx, r, read_built(ctx.store, r.step).meta) for r in plan.records}
     reference = run_grid(grid, str(tmp_path / "work"), str(tmp_path / "results"), progress=False)
     assert reference.ok == len(jobs)  # every step was built: the in-process engine only reads
     for record in read_records([reference.records_path]):

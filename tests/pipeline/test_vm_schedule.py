@@ -12,9 +12,12 @@ from exfm_plugin.distill import DistillConfig, ExFMStudent
 from exfm_plugin.pipeline.grid import expand_cells, load_grid
 from exfm_plugin.pipeline.records import read_records
 from exfm_plugin.pipeline.runner import run_grid
-from exfm_plugin.pipeline.stages import Context, bars_params, load_feature_map, prep_stage, train_one_pass
+from exfm_plugin.pipeline.context import Context
+from exfm_plugin.pipeline.params import bars_params, load_feature_map
+from exfm_plugin.pipeline.prep_steps import prepare_data
+from exfm_plugin.pipeline.training import train_one_pass
 from exfm_plugin.pipeline.artifacts import ArtifactStore
-from exfm_plugin.pipeline.vm_stages import SERVING
+from exfm_plugin.pipeline.vm_steps import SERVING
 
 TINY = 6000
 
@@ -63,9 +66,9 @@ def test_stream_chain_equals_one_uninterrupted_run_and_shares_the_unsupervised_p
 
     # the none VM of the chain == one VM trained day after day in one process, same loader seeds
     ctx = Context(grid, ArtifactStore(tmp_path / "work" / "artifacts"), progress=False)
-    prep = prep_stage(ctx)
+    prep = prepare_data(ctx)
     cell = next(c for c in expand_cells(grid) if c.method == "none")
-    params = bars_params(ctx, prep, "FM", cell.seed)
+    params = bars_params(grid, prep, "FM", cell.seed)
     fmap = load_feature_map(prep, params, labels=["clk"])
     torch.manual_seed(cell.seed)
     vm = build_model(dict(params, model_root=str(tmp_path / "ck"), gpu=-1), fmap)

@@ -386,7 +386,7 @@ def test_bad_input_is_one_line_exit_2(name, command, build, fragments, tmp_path,
 
         def would_run(*args, **kwargs):
             raise _WouldRun("the grid was accepted and its first cell started")
-        monkeypatch.setattr(runner, "run_job", would_run)
+        monkeypatch.setattr(runner, "run_record", would_run)
     out_root = tmp_path / "out"
     before = tree_digest(out_root)
     result = run_cli(capsys, argv)

@@ -36,11 +36,13 @@ def served_predictions(record, work):
     from exfm_plugin.data import H5DataLoader
     from exfm_plugin.pipeline.artifacts import ArtifactStore
     from exfm_plugin.pipeline.grid import load_grid
-    from exfm_plugin.pipeline.stages import Context, bars_params, load_feature_map, prep_stage
+    from exfm_plugin.pipeline.context import Context
+    from exfm_plugin.pipeline.params import bars_params, load_feature_map
+    from exfm_plugin.pipeline.prep_steps import prepare_data
 
     ctx = Context(load_grid(glob.glob(f"{work}/../e2e.yaml")[0]), ArtifactStore(f"{work}/artifacts"), progress=False)
-    prep = prep_stage(ctx)
-    params = bars_params(ctx, prep, record["student"], record["seed"])
+    prep = prepare_data(ctx)
+    params = bars_params(ctx.grid, prep, record["student"], record["seed"])
     vm = build_model(dict(params, model_root=f"{work}/ck", gpu=-1), load_feature_map(prep, params, ["clk"]))
     vm.load_state_dict(torch.load(f"{record['vm_artifact']}/serving_model.pt", weights_only=True))
     return vm.predict(H5DataLoader(vm.feature_map, prep.day_file(6), split="test", batch_size=8192))

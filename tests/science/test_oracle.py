@@ -44,7 +44,7 @@ def test_no_feature_map_names_the_truth(tmp_path):
 
 
 def test_oracle_metrics_score_the_truth_like_a_model(tmp_path):
-    from exfm_plugin.pipeline.stages import oracle_metrics
+    from exfm_plugin.pipeline.evaluation import oracle_metrics
 
     summary = prepare("taobaoad", "synthetic", None, str(tmp_path), seed=1, size="tiny")
     path = f"{summary.data_dir}/day_6.h5"
