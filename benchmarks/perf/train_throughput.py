@@ -173,7 +173,7 @@ def auc_after_a_stream(args, root: str) -> None:
                 fmap.load(os.path.join(data_dir, "feature_map.json"), params)
                 model = build(name, fmap, root, mode, seed=seed, **overrides, **extra)
                 rows, secs = 0, 0.0
-                for day in range(1, last_day + 1):  # vm_stages' stream: one pass a day, in order
+                for day in range(1, last_day + 1):  # the VM link steps' stream: one pass a day, in order
                     loader = H5DataLoader(fmap, os.path.join(data_dir, f"day_{day}.h5"),
                                           batch_size=params["batch_size"], shuffle=True, seed=seed * 1000 + day * 10)
                     model.train()
