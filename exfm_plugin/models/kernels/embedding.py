@@ -31,7 +31,10 @@ def field_embeddings(embedding_layer: FeatureEmbeddingDict, X: dict[str, torch.T
     by their count): the value :func:`masked_sequence_mean` gives on the (B, L, D) lookup,
     without materialising it, and with a row-sparse gradient under ``embedding_update: sparse``."""
     features = embedding_layer._feature_map.features
-    pooled = set(pooled_sequence_fields(embedding_layer, X))
+    # X's order, not a set's: sequences sharing one table (pos_items, neg_items -> item_id) add
+    # their gradients into it in this order, and a set's order changes with PYTHONHASHSEED, so
+    # the float sum (and every metric after it) would differ from process to process
+    pooled = pooled_sequence_fields(embedding_layer, X)
     emb_dict = embedding_layer({k: v for k, v in X.items() if k not in pooled})
     for name in pooled:
         ids = X[name].long()
