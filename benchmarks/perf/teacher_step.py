@@ -7,6 +7,7 @@ config plus its ``model_overrides``, on the prepared synthetic data of its datas
     t2  smoke_table2  DMIN            TaobaoAd   (lane A; also smoke_table4 / fig grids)
     t3  smoke_table3  DMIN            Amazon     (lane B)
     t5  smoke_table5  MultiTaskDMIN   KuaiVideo  (lane B; click and like)
+    s2  smoke_table2  DeepFM student  TaobaoAd   (method ah_sa, random FM predictions)
 
 The base commit's ``exfm_plugin`` is read with ``git archive`` into a temporary package
 (``exfm_base``; the package imports itself relatively, so both live in one process). Both
@@ -50,19 +51,23 @@ from exfm_plugin.pipeline.grid_schema import model_params  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETUPS = {"t2": ("smoke_table2", "DMIN", "taobaoad", None),
           "t3": ("smoke_table3", "DMIN", "amazon", None),
-          "t5": ("smoke_table5", "MultiTaskDMIN", "kuaivideo", ["is_click", "is_like"])}
+          "t5": ("smoke_table5", "MultiTaskDMIN", "kuaivideo", ["is_click", "is_like"]),
+          "s2": ("smoke_table2", "DeepFM", "taobaoad", None)}
+STUDENT_METHOD = "ah_sa"  # the s2 setup: an ExFM student with every head (and the adapter's own step)
 DROP = ("data_root", "data_format", "train_data", "valid_data", "test_data", "feature_cols", "label_col",
         "min_categr_count", "model_root", "dataset_id")
 
 
 def import_base(rev: str, root: str):
-    """``exfm_plugin`` of commit ``rev`` as the package ``exfm_base`` (its ``models`` module)."""
+    """``exfm_plugin`` of commit ``rev`` as the package ``exfm_base``."""
     tar = subprocess.run(["git", "-C", REPO, "archive", rev, "exfm_plugin"], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         t.extractall(root, filter="data")
     os.rename(os.path.join(root, "exfm_plugin"), os.path.join(root, "exfm_base"))
     sys.path.insert(0, root)
-    return importlib.import_module("exfm_base.models")
+    for name in ("exfm_base.models", "exfm_base.distill"):
+        importlib.import_module(name)
+    return importlib.import_module("exfm_base")
 
 
 def prepared(dataset: str, data_root: str) -> str:
@@ -100,12 +105,20 @@ def smoke_setup(name: str, data_root: str, model_root: str, num_batches: int):
     if labels:
         fmap.labels = list(labels)
     loader = H5DataLoader(fmap, os.path.join(data_dir, "day_1.h5"), batch_size=params["batch_size"])
-    return params, fmap, list(itertools.islice(iter(loader), num_batches))
+    batches = list(itertools.islice(iter(loader), num_batches))
+    gen = torch.Generator().manual_seed(7)
+    for batch in batches:  # the FM's predictions a student reads (ignored by a teacher)
+        batch["fm_pred"] = torch.rand(len(batch[fmap.labels[0]]), generator=gen) * 0.9 + 0.05
+    return params, fmap, batches
 
 
-def build(models_module, params: dict, fmap, model_id: str):
+def build(package, params: dict, fmap, model_id: str):
+    """The setup's model from ``package`` (``exfm_plugin`` or ``exfm_base``), seeded; a DeepFM is
+    wrapped as an ExFM student."""
     torch.manual_seed(0)
-    model = models_module.MODEL_REGISTRY[params["model"]](fmap, **{**params, "model_id": model_id})
+    model = package.models.MODEL_REGISTRY[params["model"]](fmap, **{**params, "model_id": model_id})
+    if params["model"] == "DeepFM":
+        model = package.distill.ExFMStudent(model, package.distill.DistillConfig(method=STUDENT_METHOD))
     model._max_gradient_norm = 10.0
     return model.train()
 
@@ -114,8 +127,11 @@ def outputs_and_grads(model, batch: dict, seed: int):
     """Train-mode outputs, the loss and every gradient of one batch (seeded: same dropout draws)."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    out = model(batch)
-    loss = model.compute_loss(out, model.get_labels(batch))
+    if hasattr(model, "vm"):  # a student: its serving output and its step's loss (heads, adapter step)
+        out, loss = model(batch), model.step_loss(batch)
+    else:
+        out = model(batch)
+        loss = model.compute_loss(out, model.get_labels(batch))
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return {k: v.detach() for k, v in out.items()}, loss.detach(), grads
@@ -171,16 +187,18 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tmp = tempfile.mkdtemp(prefix="exfm_teacher_step_")
-    base_models = import_base(args.base, os.path.join(tmp, "base"))
-    from exfm_plugin import models as new_models
+    base_package = import_base(args.base, os.path.join(tmp, "base"))
+    import exfm_plugin.distill
+    import exfm_plugin.models  # noqa: F401
+    new_package = sys.modules["exfm_plugin"]
 
     data_root = args.data_root or os.path.join(tmp, "data")
     print(f"teacher train_step, base {args.base} vs this checkout; {args.threads} thread(s), "
           f"{args.steps} interleaved steps, load {os.getloadavg()[0]:.1f}", flush=True)
     for name in args.setups:
         params, fmap, batches = smoke_setup(name, data_root, os.path.join(tmp, "models"), 8)
-        base = build(base_models, params, fmap, "base")
-        new = build(new_models, params, fmap, "new")
+        base = build(base_package, params, fmap, "base")
+        new = build(new_package, params, fmap, "new")
         worst = exactness(base, new, batches, args.check_steps)
         rounds: dict[str, list[float]] = {}
         median = interleaved_seconds({"base": lambda i: base.train_step(batches[i % len(batches)]),

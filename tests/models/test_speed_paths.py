@@ -117,3 +117,41 @@ def test_prefer_foreach_only_touches_plain_adam_left_unset():
     assert prefer_foreach(torch.optim.SGD(w, lr=0.1)).param_groups[0]["foreach"] is None
     lazy = prefer_foreach(LazyAdam(w))
     assert lazy.param_groups[0].get("foreach") in (None, False)
+
+
+@pytest.mark.parametrize("model_name,emb_reg,net_reg", [("DeepFM", 1e-3, 0), ("DMIN", "l2(0.01)", "l1_l2(1e-3,1e-2)"),
+                                                        ("DeepFM", 0, "l1(0.01)")])
+def test_dense_regularization_equals_fuxictrs(model_name, emb_reg, net_reg, data, tmp_path):
+    """The one-``_foreach_norm`` regulariser against fuxictr's per-tensor loop: value and gradient."""
+    from fuxictr.pytorch.models import BaseModel
+
+    kw = TINY_DMIN if model_name == "DMIN" else dict(hidden_units=[8])
+    model = build(model_name, data.feature_map, tmp_path, embedding_regularizer=emb_reg,
+                  net_regularizer=net_reg, **kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)  # off the init (zero biases: l1's gradient there is 0 anyway)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = model.regularization_loss()
+    want = BaseModel.regularization_loss(model)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    for g, w in zip(torch.autograd.grad(got, params, allow_unused=True),
+                    torch.autograd.grad(want, params, allow_unused=True)):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-12)
+    assert float(want.detach()) > 0
+    off = build(model_name, data.feature_map, tmp_path, embedding_regularizer=0, net_regularizer=0, **kw)
+    assert off.regularization_loss() == 0 == BaseModel.regularization_loss(off)
+
+
+def test_multitask_regularization_keeps_fuxictrs_multitask_definition(mt_data, tmp_path):
+    """fuxictr's MultiTaskModel regularises other tensors than BaseModel (nn.Embedding weights;
+    every other module's own weight / bias): MultiTaskDMIN keeps that definition."""
+    from fuxictr.pytorch.models import BaseModel, MultiTaskModel
+
+    model = build("MultiTaskDMIN", mt_data.feature_map, tmp_path, embedding_regularizer=1e-2,
+                  net_regularizer=1e-3, **TINY_DMIN)
+    got, want = model.regularization_loss(), MultiTaskModel.regularization_loss(model)
+    assert float(got.detach()) == float(want.detach())
+    assert abs(float(BaseModel.regularization_loss(model).detach()) - float(want.detach())) > 1e-6
