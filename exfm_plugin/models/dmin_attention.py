@@ -32,7 +32,8 @@ pairs, sum pooling, DNN, auxiliary loss, defaults and initialisation are listed 
 
 Speed: every per-head module above is stored as one grouped tensor (heads first) and applied
 with batched matmuls; attention is ``masked_attention`` (``F.scaled_dot_product_attention``'s
-values and dropout draws; on CPU written in place, elsewhere torch's own). The first attention-MLP
+values and dropout draws; torch's own fused kernel, except on CPU with dropout, where it is
+written in place), masked by :func:`attention_bias`, built once per pair. The first attention-MLP
 layer is split algebraically, ``[t, z, t-z, t*z] W = t (W1 + W3) + z (W2 - W3) + (t*z) W4``, so
 the per-position work is over 2d inputs instead of 4d (same function, same parameters). On CPU,
 when the attention MLP keeps no batch statistics (no Dice), the extractor's per-position layers
@@ -72,9 +73,9 @@ def allowed_keys(valid: torch.Tensor) -> torch.Tensor:
 
 def attention_bias(valid: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, L) validity -> (B, L, L) additive mask of :func:`allowed_keys`: 0 where query i may
-    attend key j, -inf elsewhere -- what attention adds to its logits. Built with float ops
-    (a causal table plus a per-key row, then the diagonal), which are several times cheaper
-    on CPU than the bool ops of ``allowed_keys`` and its conversion to a bias."""
+    attend key j, -inf elsewhere -- what attention adds to its logits (torch's attention turns a
+    bool mask into this itself). Built with float ops: a causal table plus a per-key row, then
+    the diagonal. Built once per pair, it serves the refiner and the extractor."""
     B, L = valid.shape
     causal = torch.full((L, L), float("-inf"), dtype=dtype, device=valid.device).triu_(1)
     keys = torch.zeros(B, 1, L, dtype=dtype, device=valid.device).masked_fill_(~valid.unsqueeze(1), float("-inf"))

@@ -10,10 +10,10 @@ and on a CPU host every fresh block costs page faults on the order of the arithm
 (``baddbmm``), the softmax and its backward are torch's fused kernels written in place, the
 dropped weights are only ever formed a block at a time, and backward allocates one
 (B, H, L, L) tensor. A bool mask is turned into that bias (0 / -inf) first; callers that
-mask many calls alike pass the bias itself (:func:`~exfm_plugin.models.dmin_attention.attention_bias`),
-which is cheaper to build than a bool (B, L, L) mask. Why the fused softmax: exp of a masked
-(-inf) logit, written as ``exp_`` of a tensor, takes libm's slow path (about 3x a plain exp on
-this CPU), the fused kernel does not.
+mask several calls alike pass the bias itself (:func:`~exfm_plugin.models.dmin_attention.attention_bias`).
+Why the fused softmax: ``exp_`` of a tensor holding masked (-inf) logits takes a slow path on
+this CPU (about 3x a plain exp); torch's softmax kernel does not. Without dropout,
+:func:`masked_attention` uses torch's own fused (flash) kernel instead, which is faster still.
 Every query row must have at least one allowed key (DMIN's masks always allow the diagonal);
 such a row would give NaN here where torch's math path gives zeros.
 """
