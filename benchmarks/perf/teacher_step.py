@@ -178,7 +178,8 @@ def exactness(base, new, batches: list[dict], check_steps: int) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", default="8e664c2", help="the commit to compare with (default: before issue 22's speed work)")
+    ap.add_argument("--base", default="8e664c2",
+                    help="the commit to compare with (default: before issue 22's speed work)")
     ap.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     ap.add_argument("--steps", type=int, default=30, help="timed steps per model (median taken)")
     ap.add_argument("--check-steps", type=int, default=20, help="optimizer steps of the exactness check")

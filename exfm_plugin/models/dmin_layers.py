@@ -33,13 +33,13 @@ BARS configs use). Point by point:
   (neg_click_history, neg_cate_history) (ignored while absent from the feature map and the aux
   loss is off; the reference would fail there).
 * Trailing padding (speed, same result): on CPU, with an attention MLP without Dice, no
-  auxiliary loss, every row of the batch holding at least one valid position and, in training,
-  no attention dropout and no refiner dropout, the positions after the last one that is valid
-  in some row are dropped before the refiner (``kept_length``). Nothing valid reads them: the
-  attention is causal, their interest weights are exactly 0 (exp(-1e9) underflows), their
-  gradients exactly 0, and the extractor's packed per-position work (and its dropout draws)
-  covers the same valid positions in the same order. A 100-long history with a handful of
-  valid items per row (synthetic Amazon) then costs attention over the handful.
+  auxiliary loss, no ``refiner_additive_mask``, every row of the batch holding at least one
+  valid position and, in training, no attention dropout and no refiner dropout, the positions
+  after the last one that is valid in some row are dropped before the refiner (``kept_length``).
+  Nothing valid reads them: the attention is causal, their interest weights are exactly 0
+  (exp(-1e9) underflows), their gradients exactly 0, and the extractor's packed per-position
+  work (and its dropout draws) covers the same valid positions in the same order. A long
+  history with a handful of valid items per row then costs attention over the handful.
 * Initialisation: fuxictr's (xavier-normal weights, zero biases for Linear layers, per head for
   the grouped ones of ``dmin_attention``; nn.MultiheadAttention keeps torch's own; LayerNorm 1/0;
   Dice alpha 0).
@@ -255,10 +255,12 @@ class DMINEncoder(nn.Module):
         (module docstring, "Trailing padding"); else L. ``truncate_padding = False`` keeps L."""
         L = valid.shape[1]
         extractor = self.extractors[i]
+        refiner = self.refiners[i] if self.refiners is not None else None
         if not self.truncate_padding or self.aux_loss_lambda > 0 or not extractor.packs_positions(valid.device):
             return L
+        if refiner is not None and refiner.additive_mask:  # the reference's +1 mask lets later keys in
+            return L
         if self.training:  # a dropout over (B, L, ...) or (L, L) blocks would draw another mask
-            refiner = self.refiners[i] if self.refiners is not None else None
             if extractor.attention_dropout > 0 or (refiner is not None and (
                     refiner.attention_dropout > 0 or refiner.dropout.p > 0)):
                 return L

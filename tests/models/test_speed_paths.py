@@ -91,6 +91,8 @@ def test_trailing_padding_is_kept_where_it_would_change_something(data, tmp_path
     assert model.encoder.kept_length(0, empty_row) == SEQ_LEN
     dice = build("DMIN", data.feature_map, tmp_path, **{**TINY_DMIN, "attention_activation": "Dice"})
     assert dice.encoder.kept_length(0, valid) == SEQ_LEN  # its batch statistics see padded positions
+    leaky = build("DMIN", data.feature_map, tmp_path, **TINY_DMIN, refiner_additive_mask=True)
+    assert leaky.eval().encoder.kept_length(0, valid) == SEQ_LEN  # its refiner lets later keys in
     dropped = build("DMIN", data.feature_map, tmp_path, **TINY_DMIN, attention_dropout=0.2)
     assert dropped.train().encoder.kept_length(0, valid) == SEQ_LEN  # (B, L, L) draws
     assert dropped.eval().encoder.kept_length(0, valid) == 3
