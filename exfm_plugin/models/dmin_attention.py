@@ -32,7 +32,8 @@ pairs, sum pooling, DNN, auxiliary loss, defaults and initialisation are listed 
 
 Speed: every per-head module above is stored as one grouped tensor (heads first) and applied
 with batched matmuls; attention is ``masked_attention`` (``F.scaled_dot_product_attention``'s
-values and dropout draws; on CPU written in place, elsewhere torch's own). The first attention-MLP
+values and dropout draws; torch's own fused kernel, except on CPU with dropout, where it is
+written in place), masked by :func:`attention_bias`, built once per pair. The first attention-MLP
 layer is split algebraically, ``[t, z, t-z, t*z] W = t (W1 + W3) + z (W2 - W3) + (t*z) W4``, so
 the per-position work is over 2d inputs instead of 4d (same function, same parameters). On CPU,
 when the attention MLP keeps no batch statistics (no Dice), the extractor's per-position layers
@@ -70,6 +71,19 @@ def allowed_keys(valid: torch.Tensor) -> torch.Tensor:
     return causal & (valid[:, None, :] | eye)
 
 
+def attention_bias(valid: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, L) validity -> (B, L, L) additive mask of :func:`allowed_keys`: 0 where query i may
+    attend key j, -inf elsewhere -- what attention adds to its logits (torch's attention turns a
+    bool mask into this itself). Built with float ops: a causal table plus a per-key row, then
+    the diagonal. Built once per pair, it serves the refiner and the extractor."""
+    B, L = valid.shape
+    causal = torch.full((L, L), float("-inf"), dtype=dtype, device=valid.device).triu_(1)
+    keys = torch.zeros(B, 1, L, dtype=dtype, device=valid.device).masked_fill_(~valid.unsqueeze(1), float("-inf"))
+    bias = causal + keys
+    bias.diagonal(dim1=1, dim2=2).zero_()
+    return bias
+
+
 # --------------------------------------------------------------------------- behaviour refiner
 class BehaviorRefiner(nn.Module):
     """The reference's BehaviorRefinerLayer (see the module docstring), on torch's fused
@@ -89,12 +103,14 @@ class BehaviorRefiner(nn.Module):
                                  nn.Linear(2 * model_dim, model_dim))
 
     def forward(self, seq: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) -> (B, L, d); ``allowed``: :func:`allowed_keys` (bool) or :func:`attention_bias`."""
         B, L, d = seq.shape
         H = self.num_heads
         q, k, v = F.linear(seq, self.attention.in_proj_weight, self.attention.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.view(B, L, H, d // H).transpose(1, 2) for t in (q, k, v))
         if self.additive_mask:  # the reference: float 1 - allowed, added to the logits
-            mask = (~allowed).to(seq.dtype)[:, None]
+            disallowed = ~allowed if allowed.dtype == torch.bool else torch.isinf(allowed)
+            mask = disallowed.to(seq.dtype)[:, None]
         else:
             mask = allowed[:, None]
         attn = masked_attention(q, k, v, mask, self.attention_dropout if self.training else 0.0)
@@ -110,7 +126,8 @@ class MultiInterestExtractor(nn.Module):
     """The reference's MultiInterestExtractorLayer + TargetAttention for every head at once.
 
     ``forward(seq, target, allowed, valid)`` -> (B, num_heads * d): the interests of heads
-    0..H-1, concatenated.
+    0..H-1, concatenated. ``allowed`` is :func:`allowed_keys` (bool) or its additive
+    :func:`attention_bias` (as for :class:`BehaviorRefiner`).
     """
 
     def __init__(self, model_dim: int, num_heads: int, max_len: int, attention_hidden_units: list[int],
@@ -189,15 +206,17 @@ class MultiInterestExtractor(nn.Module):
                                 self.attention_dropout if self.training else 0.0)  # (B, H, L, hd)
         attn = attn.permute(1, 0, 2, 3).reshape(H, B * L, hd)
         flat_seq = seq.reshape(B * L, d)
+        idx = None
         if self.packs_positions(seq.device):
             # positions whose z can reach the output: the valid ones, and every position of an
-            # all-padding row (its interest is the uniform mean of its z)
+            # all-padding row (its interest is the uniform mean of its z); when that is every
+            # position (full histories), the unpacked path below computes the same, in the same
+            # order (the same dropout draws), without the gathers
             need = valid | ~valid.any(dim=1, keepdim=True)
-            idx = need.reshape(-1).nonzero().squeeze(1)
-            rows, pos = idx // L, idx % L
-            attn, flat_seq = attn.index_select(1, idx), flat_seq.index_select(0, idx)
-        else:
-            idx = None
+            if not bool(need.all()):
+                idx = need.reshape(-1).nonzero().squeeze(1)
+                rows, pos = idx // L, idx % L
+                attn, flat_seq = attn.index_select(1, idx), flat_seq.index_select(0, idx)
         z = self.head_outputs(attn, flat_seq)  # (H, M, d)
         # t = the (projected) target per head and position, kept as a per-(head, row) part plus
         # a per-(head, position) part: t[h, b, l] = t_row[h, b] + t_pos[h, l]

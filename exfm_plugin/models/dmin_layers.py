@@ -32,6 +32,14 @@ BARS configs use). Point by point:
   batch_norm True, bn_only_once False, layer_norm True, neg_seq_field
   (neg_click_history, neg_cate_history) (ignored while absent from the feature map and the aux
   loss is off; the reference would fail there).
+* Trailing padding (speed, same result): on CPU, with an attention MLP without Dice, no
+  auxiliary loss, no ``refiner_additive_mask``, every row of the batch holding at least one
+  valid position and, in training, no attention dropout and no refiner dropout, the positions
+  after the last one that is valid in some row are dropped before the refiner (``kept_length``).
+  Nothing valid reads them: the attention is causal, their interest weights are exactly 0
+  (exp(-1e9) underflows), their gradients exactly 0, and the extractor's packed per-position
+  work (and its dropout draws) covers the same valid positions in the same order. A long
+  history with a handful of valid items per row then costs attention over the handful.
 * Initialisation: fuxictr's (xavier-normal weights, zero biases for Linear layers, per head for
   the grouped ones of ``dmin_attention``; nn.MultiheadAttention keeps torch's own; LayerNorm 1/0;
   Dice alpha 0).
@@ -47,7 +55,7 @@ from torch import nn
 from fuxictr.pytorch.layers import FeatureEmbeddingDict, MLP_Block
 
 # the attention layers were defined here; re-exported so ``from .dmin_layers import`` keeps working
-from .dmin_attention import NEG_INF, BehaviorRefiner, MultiInterestExtractor, allowed_keys  # noqa: F401
+from .dmin_attention import NEG_INF, BehaviorRefiner, MultiInterestExtractor, allowed_keys, attention_bias  # noqa: F401
 
 FieldGroup = tuple[str, ...]
 
@@ -202,6 +210,7 @@ class DMINEncoder(nn.Module):
             return spec.get("embedding_dim", embedding_dim)
 
         self.embedding_layer = FeatureEmbeddingDict(feature_map, embedding_dim)
+        self.truncate_padding = True  # kept_length: drop trailing all-padding positions where exact
         self.enable_sum_pooling = enable_sum_pooling
         self.padding_idx = {name: (spec.get("padding_idx") or 0) for name, spec in features.items()}
         self.pair_sequences = {name for _, sequences in self.pairs for name in sequences}
@@ -240,6 +249,25 @@ class DMINEncoder(nn.Module):
                              dropout_rates=net_dropout, batch_norm=batch_norm, bn_only_once=bn_only_once)
         self.output_dim = dnn_hidden_units[-1] if dnn_hidden_units else input_dim
 
+    def kept_length(self, i: int, valid: torch.Tensor) -> int:
+        """How many leading positions of pair ``i`` this batch needs (``valid``: (B, L)): up to
+        its last position that is valid in some row, when dropping the rest changes nothing
+        (module docstring, "Trailing padding"); else L. ``truncate_padding = False`` keeps L."""
+        L = valid.shape[1]
+        extractor = self.extractors[i]
+        refiner = self.refiners[i] if self.refiners is not None else None
+        if not self.truncate_padding or self.aux_loss_lambda > 0 or not extractor.packs_positions(valid.device):
+            return L
+        if refiner is not None and refiner.additive_mask:  # the reference's +1 mask lets later keys in
+            return L
+        if self.training:  # a dropout over (B, L, ...) or (L, L) blocks would draw another mask
+            if extractor.attention_dropout > 0 or (refiner is not None and (
+                    refiner.attention_dropout > 0 or refiner.dropout.p > 0)):
+                return L
+        if not bool(valid.any(dim=1).all()):  # an all-padding row's interest averages all L positions
+            return L
+        return int(valid.any(dim=0).nonzero().max()) + 1
+
     def forward(self, X: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         emb = self.embedding_layer(X)
         parts = []
@@ -253,7 +281,10 @@ class DMINEncoder(nn.Module):
             target = torch.cat([emb[name] for name in targets], dim=-1)
             seq = torch.cat([emb[name] for name in sequences], dim=-1)
             valid = X[sequences[0]].long() != self.padding_idx[sequences[0]]
-            allowed = allowed_keys(valid)
+            kept = self.kept_length(i, valid)
+            if kept < valid.shape[1]:  # trailing positions that are padding in every row
+                seq, valid = seq[:, :kept], valid[:, :kept]
+            allowed = attention_bias(valid, seq.dtype)  # allowed_keys as an additive mask
             refined = self.refiners[i](seq, allowed) if self.refiners is not None else seq
             parts.append(self.extractors[i](refined, target, allowed, valid))
             if self.enable_sum_pooling:

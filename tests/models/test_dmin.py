@@ -19,7 +19,7 @@ from torch import nn
 from exfm_plugin.config import load_experiment
 from exfm_plugin.models import DMIN, MODEL_REGISTRY
 from exfm_plugin.models.dmin_layers import (BehaviorRefiner, MultiInterestExtractor, allowed_keys,
-                                            normalize_field_pairs)
+                                            attention_bias, normalize_field_pairs)
 from exfm_plugin.models.kernels.grouped_layers import GroupedDice
 from tiny_data import (SEQ_LEN, build_tiny_model as build, first_batch, full_data_loss, make_tiny_data,
                        model_kwargs)
@@ -155,8 +155,9 @@ def test_shared_sequence_width_is_the_shared_tables(data, tmp_path):
 
 # ----------------------------------------------------------------------------- refiner
 
+@pytest.mark.parametrize("form", ["bool", "bias"])
 @pytest.mark.parametrize("additive", [False, True])
-def test_refiner_equals_torch_multihead_attention_with_the_reference_mask(additive):
+def test_refiner_equals_torch_multihead_attention_with_the_reference_mask(additive, form):
     """Boolean mode = MHA with the causal+padding mask the reference builds; additive mode =
     MHA with the reference's float ``1 - mask`` (added to the logits)."""
     torch.manual_seed(0)
@@ -178,7 +179,7 @@ def test_refiner_equals_torch_multihead_attention_with_the_reference_mask(additi
         attn, _ = refiner.attention(x, x, x, attn_mask=mha_mask.repeat_interleave(H, dim=0))
         s = refiner.layer_norm(attn + x)
         expected = refiner.ffn(s) + s
-        got = refiner(x, allowed)
+        got = refiner(x, allowed if form == "bool" else attention_bias(valid))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert refiner.attention.head_dim == d // H
 
@@ -267,12 +268,15 @@ def loop_extractor(ext: MultiInterestExtractor, seq: torch.Tensor, target: torch
     return torch.cat(interests, dim=-1)
 
 
-@pytest.mark.parametrize("activation,use_pos_emb,pack", [("ReLU", True, True), ("ReLU", True, False),
-                                                        ("ReLU", False, True), ("ReLU", False, False),
-                                                        ("Dice", True, None)])
-def test_grouped_extractor_equals_per_head_reference_loop(activation, use_pos_emb, pack):
+@pytest.mark.parametrize("activation,use_pos_emb,pack,fill", [
+    ("ReLU", True, True, "random"), ("ReLU", True, False, "random"), ("ReLU", False, True, "random"),
+    ("ReLU", False, False, "random"), ("Dice", True, None, "random"), ("ReLU", True, True, "full"),
+    ("ReLU", True, True, "bias")])
+def test_grouped_extractor_equals_per_head_reference_loop(activation, use_pos_emb, pack, fill):
     """Both paths (per-position layers on every position, or only where they reach the output)
-    compute the per-head loop's result; Dice (by default) takes every position."""
+    compute the per-head loop's result; Dice (by default) takes every position. ``full``: every
+    position valid (packing then takes the unpacked path); ``bias``: the mask given as the
+    additive ``attention_bias`` instead of the bool ``allowed_keys``."""
     torch.manual_seed(0)
     B, L, d, H = 6, 5, 12, 3
     ext = MultiInterestExtractor(d, H, max_len=L, attention_hidden_units=[10, 6],
@@ -287,10 +291,13 @@ def test_grouped_extractor_equals_per_head_reference_loop(activation, use_pos_em
     seq, target = torch.randn(B, L, d, dtype=torch.double), torch.randn(B, d, dtype=torch.double)
     valid = torch.rand(B, L) < 0.7
     valid[0] = False
+    if fill == "full":
+        valid[:] = True
     seq.requires_grad_(True)
     target.requires_grad_(True)
     wrt = (seq, target, *ext.parameters())  # the target terms' gradients reach target, W_proj, pos_emb
-    got = ext(seq, target, allowed_keys(valid), valid)
+    mask = attention_bias(valid, torch.double) if fill == "bias" else allowed_keys(valid)
+    got = ext(seq, target, mask, valid)
     grads = torch.autograd.grad(got.square().sum(), wrt, allow_unused=True)
     expected = loop_extractor(ext, seq, target, valid, activation)
     expected_grads = torch.autograd.grad(expected.square().sum(), wrt, allow_unused=True)
@@ -302,6 +309,8 @@ def test_grouped_extractor_equals_per_head_reference_loop(activation, use_pos_em
             torch.testing.assert_close(grad, expected_grad, rtol=1e-8, atol=1e-9)
     # an all-padding row gets the uniform mean over its positions (softmax of equal -1e9 scores)
     assert torch.isfinite(got[0]).all()
+    if fill == "full":
+        assert valid.all()
 
 
 @pytest.mark.parametrize("training", [True, False])

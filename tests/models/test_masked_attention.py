@@ -33,13 +33,17 @@ def torch_sdpa(q, k, v, mask, p):
 
 
 @pytest.mark.parametrize("p", [0.0, 0.3])
-@pytest.mark.parametrize("mask_kind", ["bool", "additive"])
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "bias"])
 @pytest.mark.parametrize("block_elements", [1, 60, 1 << 22])
-def test_matches_torch_scaled_dot_product_attention(p, mask_kind, block_elements):
+@pytest.mark.parametrize("impl", ["auto", "inplace"])
+def test_matches_torch_scaled_dot_product_attention(p, mask_kind, block_elements, impl):
+    """``auto`` on CPU is torch's own without dropout and the in-place kernel with it;
+    ``inplace`` forces the kernel. Masks: bool, the refiner's +1 variant, DMIN's 0 / -inf bias."""
     q, k, v, allowed = inputs(torch.float64)
-    mask = allowed if mask_kind == "bool" else (~allowed).to(torch.float64)  # the refiner's +1 variant
+    mask = {"bool": allowed, "additive": (~allowed).to(torch.float64),  # the refiner's +1 variant
+            "bias": torch.where(allowed, 0.0, float("-inf")).to(torch.float64)}[mask_kind]
     got, got_grads = outputs_and_grads(
-        lambda *a: masked_attention(*a, block_elements=block_elements), q, k, v, mask, p, seed=3)
+        lambda *a: masked_attention(*a, block_elements=block_elements, impl=impl), q, k, v, mask, p, seed=3)
     want, want_grads = outputs_and_grads(torch_sdpa, q, k, v, mask, p, seed=3)
     torch.testing.assert_close(got, want)
     for g, w in zip(got_grads, want_grads):
@@ -56,3 +60,9 @@ def test_float32_and_a_mask_per_head():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_rejects_an_unknown_implementation():
+    q, k, v, allowed = inputs(torch.float32)
+    with pytest.raises(ValueError, match="impl='flash'"):
+        masked_attention(q, k, v, allowed, impl="flash")

@@ -312,6 +312,19 @@ def check_learning_rate(lr: object) -> None:
                          expected="a number >= 0, e.g. 1.0e-3")
 
 
+def prefer_foreach(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Switch a plain ``torch.optim.Adam`` / ``AdamW`` whose ``foreach`` is unset to its
+    multi-tensor implementation, which torch picks by default only on CUDA. Why: on CPU the
+    per-parameter loop costs a dozen small kernel calls per tensor (a DMIN teacher has ~40
+    tensors), the ``_foreach_*`` ops do the same element-wise arithmetic in the same order in
+    about half the time; the parameters come out bitwise equal (``tests/models``)."""
+    if type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+        for group in optimizer.param_groups:
+            if group.get("foreach") is None and not group.get("fused") and not group.get("differentiable"):
+                group["foreach"] = True
+    return optimizer
+
+
 def build_optimizer(optimizer: str | type, params: Iterable[nn.Parameter], lr: float,
                     embedding_update: str) -> torch.optim.Optimizer:
     """fuxictr's ``get_optimizer`` for ``dense``; :class:`LazyAdam` for ``sparse`` and
@@ -321,7 +334,7 @@ def build_optimizer(optimizer: str | type, params: Iterable[nn.Parameter], lr: f
     check_learning_rate(lr)
     if embedding_update == "dense":
         from fuxictr.pytorch.torch_utils import get_optimizer
-        return get_optimizer(optimizer, params, lr)
+        return prefer_foreach(get_optimizer(optimizer, params, lr))
     name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", str(optimizer))
     if name.lower() not in ("adam", "lazyadam", "exactadam"):
         raise ValueError(f"embedding_update={embedding_update!r} updates embeddings with a row-sparse "
