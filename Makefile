@@ -19,11 +19,12 @@ RUN_ARGS = --work $(WORK) --results $(RESULTS) --device $(DEVICE) $(if $(DATA_RO
 LANE_A := $(addprefix yaml_configs/grids/smoke_,table2.yaml table4.yaml fig9.yaml fig12.yaml fig10_11.yaml)
 LANE_B := $(addprefix yaml_configs/grids/smoke_,table5.yaml table3.yaml)
 FULL_GRIDS := table2 table3 table4 table5 fig9 fig12 fig10_11
-# the science check (docs/science.md): make reproduce's small grids with 6 seeds, Table 2 in two
-# worlds, and one dose-response per claim (AH vs KD along cross-domain bias, the adapter along
-# freshness); resumable: a stopped run continues where it was
+# the science check (docs/science.md): make reproduce's small grids with 6 seeds, Tables 2 and 4 in
+# two worlds, Table 5's like task in a larger world, and one dose-response per claim (AH vs KD
+# along cross-domain bias, the adapter along freshness); resumable: a stopped run continues where it was
 SCIENCE := docs/science_check
 SCIENCE_GRIDS := $(addprefix yaml_configs/grids/,science_table2.yaml science_table4.yaml science_bias.yaml science_freshness.yaml)
+SCIENCE_B := yaml_configs/grids/science_table5.yaml
 
 .PHONY: install test reproduce science report bench clean $(FULL_GRIDS)
 
@@ -49,7 +50,7 @@ reproduce: $(STAMP)
 
 science: $(STAMP)
 	status=0; \
-	$(EXFM) run --threads 1 --seeds 6 --grid $(LANE_B) --work $(WORK) --results $(SCIENCE) --no-progress & lane_b=$$!; \
+	$(EXFM) run --threads 1 --seeds 6 --grid $(LANE_B) $(SCIENCE_B) --work $(WORK) --results $(SCIENCE) --no-progress & lane_b=$$!; \
 	$(EXFM) run --threads 1 --seeds 6 --grid $(LANE_A) $(SCIENCE_GRIDS) --work $(WORK) --results $(SCIENCE) || status=$$?; \
 	wait $$lane_b || status=$$?; \
 	$(EXFM) report --records $(SCIENCE)/records --out $(SCIENCE) && exit $$status
