@@ -16,7 +16,7 @@ optimizer); ``checkpoint I/O`` = ``torch.save`` / ``torch.load``; ``other`` = th
 (the student wrapper, the serving export, publishing snapshots, writing splits, loss
 bookkeeping; in prep, the data preparation itself).
 
-    python benchmarks/perf/profile_grid.py --grid yaml_configs/grids/smoke_table2.yaml [--seeds 1]
+    python benchmarks/perf/profile_grid.py --grid yaml_configs/grids/smoke_table2.yaml [more grids: one lane] [--seeds 1]
         [--out profile.md] [--keep DIR]
 """
 from __future__ import annotations
@@ -165,7 +165,9 @@ def table(prof: Profile, total: float) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--grid", required=True, help="a grid YAML file (e.g. yaml_configs/grids/smoke_table2.yaml)")
+    ap.add_argument("--grid", required=True, nargs="+",
+                    help="grid YAML file(s), run in order in one work dir like one `make reproduce` lane "
+                         "(e.g. yaml_configs/grids/smoke_table2.yaml)")
     ap.add_argument("--seeds", type=int, default=None, help="override the grid's seed count")
     ap.add_argument("--size", default=None, help="override the grid's synthetic size (tiny/small/medium)")
     ap.add_argument("--out", default=None, help="also write the table (markdown) here")
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
     imports = time.perf_counter() - begin
 
     overrides = {k: v for k, v in (("seeds", args.seeds), ("size", args.size)) if v is not None}
-    grids = load_grids(args.grid, **overrides)
+    grids = [grid for path in args.grid for grid in load_grids(path, **overrides)]
     root = args.keep or tempfile.mkdtemp(prefix="exfm_profile_grid_")
     prof = Profile()
     instrument(prof)
@@ -196,7 +198,7 @@ def main(argv=None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
-    head = (f"grid {args.grid} ({', '.join(g.name for g in grids)}), in-process, fresh work dir; "
+    head = (f"grid {' '.join(args.grid)} ({', '.join(g.name for g in grids)}), in-process, fresh work dir; "
             f"{total:.0f} s wall (plus {imports:.1f} s of imports before it), torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
     text = head + "\n\n" + table(prof, total) + "\n"
