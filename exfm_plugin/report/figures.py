@@ -66,7 +66,7 @@ def subtitle(rows: list[dict[str, Any]], error_bars: bool = True) -> str:
 
 def finish(fig, title: str, rows: list[dict[str, Any]], path: Path, error_bars: bool = True) -> None:
     """Title, the data-and-seeds subtitle wrapped to the figure's width, then save."""
-    width = max(40, int(fig.get_figwidth() * 14))
+    width = max(40, int(fig.get_figwidth() * 11.5))  # characters of a 10-point line that fit
     fig.suptitle(title + "\n" + textwrap.fill(subtitle(rows, error_bars), width), fontsize=10)
     fig.savefig(path, dpi=110)
 
