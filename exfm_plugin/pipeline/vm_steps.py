@@ -34,7 +34,6 @@ from .steps import Built, Step
 from .training import train_one_pass
 
 STATE = "student.pt"
-SERVING = SERVING_WEIGHTS
 
 
 def _optimizers(student: ExFMStudent) -> dict[str, torch.optim.Optimizer]:
@@ -118,7 +117,7 @@ class VMLinkStep(Step):
             run_log.info("[Train] VM %s/%s day %d pass %d/%d: %d rows, %.1f s - loss %s", self.student,
                          config.method, day, p + 1, self.passes, r, s, format_list(terms))
         torch.save({"student": student.state_dict(), "optimizers": named_optimizer_state(student)}, tmp / STATE)
-        torch.save(export_serving_model(student).state_dict(), tmp / SERVING)
+        torch.save(export_serving_model(student).state_dict(), tmp / SERVING_WEIGHTS)
         total = rows + (parent.meta["train_rows"] if parent else 0)
         return {"train_rows": int(total), "day_rows": int(rows), "train_seconds": secs,
                 "train_samples_per_s": rows / max(secs, 1e-9), "method_in_force": config.method,
@@ -150,7 +149,7 @@ class VMEvalStep(Step):
         link, params, label = inputs[self.link.key], self.params, self.label
         fmap = load_feature_map(self.prep, params, labels=[label])
         vm = build_model(dict(params, model_root=str(tmp / "checkpoints"), gpu=ctx.gpu), fmap)
-        vm.load_state_dict(torch.load(link.path / SERVING, map_location=vm.device, weights_only=True))
+        vm.load_state_dict(torch.load(link.path / SERVING_WEIGHTS, map_location=vm.device, weights_only=True))
         vm.eval()
         start = time.perf_counter()
         pred = vm.predict(H5DataLoader(fmap, self.test_file, split="test", batch_size=EVAL_BATCH))

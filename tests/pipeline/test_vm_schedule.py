@@ -17,7 +17,7 @@ from exfm_plugin.pipeline.params import bars_params, load_feature_map
 from exfm_plugin.pipeline.prep_steps import prepare_data
 from exfm_plugin.pipeline.training import train_one_pass
 from exfm_plugin.pipeline.artifacts import ArtifactStore
-from exfm_plugin.pipeline.vm_steps import SERVING
+from exfm_plugin.contracts import SERVING_WEIGHTS
 
 TINY = 6000
 
@@ -78,7 +78,7 @@ def test_stream_chain_equals_one_uninterrupted_run_and_shares_the_unsupervised_p
         train_one_pass(student, loader, "", False)
     last = [p for p in links if _link_day(p) == 5 and _link_method(p) == "none"]
     assert len(last) == 1
-    chained = torch.load(os.path.join(last[0], SERVING), weights_only=True)
+    chained = torch.load(os.path.join(last[0], SERVING_WEIGHTS), weights_only=True)
     for name, value in vm.state_dict().items():
         torch.testing.assert_close(chained[name], value, rtol=0, atol=1e-6, msg=name)
 
