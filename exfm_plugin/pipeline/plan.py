@@ -118,6 +118,7 @@ class _Planner:
         self.steps: dict[str, Step] = {}
         self._params: dict[tuple, Any] = {}
         self._fms: dict[tuple, FMStep] = {}
+        self._base_rates: dict[tuple[str, str], float] = {}  # (train file, label): read once per plan
 
     def add(self, step: Step) -> Step:
         """The plan's one step of this key (dependencies added first)."""
@@ -166,7 +167,10 @@ class _Planner:
         click rate of the VM's training day 5+r (its unit's rows, its task's label). Under the
         ``stream`` schedule the VM has also seen days 1..4+r; the last day's rate is used for both
         schedules so that they, and the FM, share one constant predictor."""
-        return day_label_mean(self.unit_file(cell, cell.train_day)[0], self.label(cell))
+        key = (self.unit_file(cell, cell.train_day)[0], self.label(cell))
+        if key not in self._base_rates:
+            self._base_rates[key] = day_label_mean(*key)
+        return self._base_rates[key]
 
     # ---------------------------------------------------------------- steps
     def fm(self, teacher: str, seed: int, through_day: int) -> FMStep:
