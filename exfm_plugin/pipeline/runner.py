@@ -26,7 +26,7 @@ from .cell_outputs import write_cell_outputs
 from .context import Context
 from .evaluation import oracle_metrics
 from .grid import Cell, Grid, GridError
-from .jobs import describe_job, grid_jobs
+from .jobs import cell_id, describe_job, grid_jobs
 from .logging_run import metrics_line, run_log, run_logging
 from .plan import GridPlan, RecordPlan, plan_grid
 from .prep_steps import PreparedData, prepare_data
@@ -125,11 +125,17 @@ def run_grid(grid: Grid, work_dir: str = "work", results_dir: str = "results", *
     writer = RecordWriter(Path(results_dir) / "records" / f"{grid.name}.jsonl")
     summary = RunSummary(grid.name, str(writer.path))
     done = writer.done_cells()
+    jobs = grid_jobs(grid)
     with run_logging(results_dir, grid.name, console=follow) as log_path:
         run_log.info("grid %s: %s %s, %s -> %s (log %s)", grid.name, grid.dataset, grid.effective_source,
                      grid.path, writer.path, log_path)
+        if all(cell_id(grid, cell) in done for _, cell in jobs):  # resumed after the end: no data prepared
+            summary.skipped = len(jobs)
+            run_log.info("grid %s: all %d cells already done", grid.name, len(jobs))
+            summary.seconds = time.perf_counter() - start
+            return summary
         prep = prepare_data(ctx)
-        plan = plan_grid(ctx, prep, grid_jobs(grid))
+        plan = plan_grid(ctx, prep, jobs)
         failed: dict[str, BaseException] = {}
         finished: set[str] = set()
         for record in tqdm(plan.records, desc=f"grid {grid.name}", unit="cell", disable=not progress):

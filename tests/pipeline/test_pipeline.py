@@ -158,6 +158,13 @@ def test_resume_after_a_killed_run_finishes_without_duplicates(tmp_path):
     assert len(ids) == len(set(ids)) == 8 + 1  # 8 VM cells + 1 FM record, each once
     assert partial <= set(ids)
     assert f"{len(partial)} already done" in out.stdout
+    # a finished grid, rerun on an empty work dir (e.g. a fresh clone of committed records): nothing
+    # is prepared or trained, the records stay as they were
+    again = subprocess.run(cmd[:-4] + [str(tmp_path / "empty_work")] + cmd[-3:], capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 cells ok, 0 failed, 9 already done" in again.stdout
+    assert read_records([records_path]) == records and not (tmp_path / "empty_work" / "artifacts").exists()
 
 
 @pytest.mark.parametrize("grid_file", sorted(glob.glob(os.path.join(GRIDS, "smoke_*.yaml"))),
