@@ -17,7 +17,7 @@ from torch import nn
 
 from ..metrics import ExFMMetricsMixin
 from ..models.base import check_protocol
-from ..models.kernels.sparse_optim import build_optimizer, prefer_foreach
+from ..models.kernels.sparse_optim import build_optimizer, prefer_fused
 from ..models.training import TrainStepMixin, autocast, compiled
 from .config import DistillConfig
 from .grad_scale import grad_scale
@@ -154,7 +154,7 @@ class ExFMStudent(TrainStepMixin, ExFMMetricsMixin, BaseModel):
         loss (Algorithm 1, step 1)."""
         self._student_params = self.student_parameters()
         self.optimizer = build_optimizer(optimizer, self._student_params, lr, self.embedding_update)
-        self.adapter_optimizer = (prefer_foreach(torch.optim.Adam(self.adapter.parameters(), lr=self.config.adapter_lr))
+        self.adapter_optimizer = (prefer_fused(torch.optim.Adam(self.adapter.parameters(), lr=self.config.adapter_lr))
                                   if self.config.trains_adapter else None)
 
     def student_parameters(self) -> list[nn.Parameter]:

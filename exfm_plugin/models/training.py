@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import check_choice
 from .kernels.exact_adam import catch_up_parameters, catch_up_rows
 from .kernels.sparse_optim import (EMBEDDING_UPDATES, build_optimizer, check_learning_rate, clip_grad_norm_,
-                           enable_sparse_embeddings, prefer_foreach, touched_rows_penalty, union_rows)
+                           enable_sparse_embeddings, prefer_fused, touched_rows_penalty, union_rows)
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class TrainingOptionsMixin(TrainStepMixin):
         optimizer is :class:`LazyAdam`. Call it once every layer exists (as fuxictr models do)."""
         check_learning_rate(lr)
         super().compile(optimizer, loss, lr)
-        prefer_foreach(self.optimizer)  # bitwise the same steps, in about half the time on CPU
+        prefer_fused(self.optimizer)  # the same update to float rounding, about 3x faster on CPU
         if self.embedding_update != "dense":
             self._sparse_tables = enable_sparse_embeddings(self, record_rows=bool(self._embedding_regularizer))
             self.optimizer = build_optimizer(optimizer, self.parameters(), lr, self.embedding_update)
