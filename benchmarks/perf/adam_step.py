@@ -4,40 +4,36 @@ loop (torch's CPU default), the multi-tensor ``_foreach`` ops and the fused kern
 small TaobaoAd DeepFM student's (embedding tables of 20k, 3k and 200 rows x 8, a [32, 16] MLP);
 only the shapes matter to the step's cost, so random gradients stand in for a model.
 
-    python benchmarks/perf/adam_step.py [--rounds 3] [--steps 200] [--threads 1]
+    python benchmarks/perf/adam_step.py [--steps 200] [--threads 1]
 
-Prints ms per step of each implementation per round (the three interleaved within a round) and
-min / median / max over rounds of fused / loop and fused / multi-tensor time ratios."""
+Steps are interleaved one by one (``shapes.interleaved_seconds``); prints the median ms per step
+of each implementation and the fused kernel's speed over the other two, paired step by step
+(``shapes.paired_ratio``: median [min, max]). Run it 3 times for min / median / max."""
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from shapes import interleaved_seconds, paired_ratio  # noqa: E402
 
 SHAPES = [(20000, 8)] * 3 + [(3000, 8)] * 20 + [(200, 8)] * 10 + [(200, 32), (32,), (32, 16), (16,), (16, 1), (1,)]
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "multi-tensor": {"foreach": True}, "fused": {"fused": True}}
 
 
-def ms_per_step(options: dict, steps: int) -> float:
-    """Mean time of ``steps`` Adam steps after 5 warm-up steps, in ms."""
+def adam(options: dict) -> torch.optim.Adam:
+    """An Adam over fresh parameters of :data:`SHAPES` with random gradients."""
     params = [torch.nn.Parameter(torch.randn(shape)) for shape in SHAPES]
     for p in params:
         p.grad = torch.randn_like(p)
-    optimizer = torch.optim.Adam(params, lr=1e-3, **options)
-    for _ in range(5):
-        optimizer.step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.step()
-    return (time.perf_counter() - start) / steps * 1e3
+    return torch.optim.Adam(params, lr=1e-3, **options)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -45,15 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     print(f"{sum(torch.Size(s).numel() for s in SHAPES):,} parameters in {len(SHAPES)} tensors, "
           f"{args.steps} steps, {args.threads} thread(s), load {os.getloadavg()[0]:.1f}")
-    rounds = []
-    for r in range(args.rounds):
-        ms = {name: ms_per_step(options, args.steps) for name, options in IMPLEMENTATIONS.items()}
-        rounds.append(ms)
-        print(f"round {r + 1}: " + ", ".join(f"{name} {v:.3f} ms" for name, v in ms.items()))
+    optimizers = {name: adam(options) for name, options in IMPLEMENTATIONS.items()}
+    rounds: dict[str, list[float]] = {}
+    seconds = interleaved_seconds({name: (lambda i, o=o: o.step()) for name, o in optimizers.items()},
+                                  args.steps, warmup=5, rounds=rounds)
+    print(", ".join(f"{name} {s * 1e3:.3f} ms" for name, s in seconds.items()))
     for base in ("loop", "multi-tensor"):
-        ratios = sorted(m["fused"] / m[base] for m in rounds)
-        print(f"fused / {base} time: min {ratios[0]:.2f}, median {statistics.median(ratios):.2f}, "
-              f"max {ratios[-1]:.2f}")
+        median, low, high = paired_ratio(rounds, base, "fused")
+        print(f"fused speed over {base}: {median:.2f} [{low:.2f}, {high:.2f}]")
 
 
 if __name__ == "__main__":

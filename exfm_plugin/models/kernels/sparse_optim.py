@@ -319,7 +319,7 @@ def prefer_fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Switch a plain ``torch.optim.Adam`` / ``AdamW`` whose implementation is unset (``foreach``
     and ``fused`` both unset) to torch's fused kernel, one call per tensor for the whole update.
     Why: on CPU torch picks the per-parameter loop, a dozen small kernel calls per tensor; the
-    fused kernel does the update about 3x faster than even the multi-tensor ``_foreach`` ops
+    fused kernel does the update about 2.5x faster than even the multi-tensor ``_foreach`` ops
     (docs/performance.md). Same arithmetic, not the same order: the parameters agree with the
     loop's to float rounding, not bitwise (``tests/models/test_speed_paths.py``). Tensors the
     fused kernel does not take (other devices or dtypes) get the multi-tensor ops instead."""
